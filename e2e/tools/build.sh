@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Builds the end-to-end environment's tools from their pinned Go modules and caches the
+# binaries outside the repository, keyed by version. A warm run only checks the cache.
+#
+#   e2e/tools/build.sh [TOOL...]     build what is missing (default: all tools)
+#   e2e/tools/build.sh --regen TOOL  rewrite e2e/tools/TOOL/go.mod and go.sum from versions.env
+#
+# Prints the cache's bin directory on the last line of standard output.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache=${MULTIARCH_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/multiarch-operator/tools}
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+mkdir -p "$cache/bin"
+log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# module path, version and packages of each tool
+tool_module() {
+  case $1 in
+    kubernetes) echo "k8s.io/kubernetes $KUBERNETES_VERSION";;
+    etcd) echo "go.etcd.io/etcd/server/v3 $ETCD_VERSION";;
+    kwok) echo "sigs.k8s.io/kwok $KWOK_VERSION";;
+    helm) echo "helm.sh/helm/v3 $HELM_VERSION";;
+    crane) echo "github.com/google/go-containerregistry $CRANE_VERSION";;
+    buildkit) echo "github.com/moby/buildkit $BUILDKIT_VERSION";;
+    *) echo "unknown tool $1" >&2; return 2;;
+  esac
+}
+tool_packages() {
+  case $1 in
+    kubernetes) echo k8s.io/kubernetes/cmd/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl};;
+    etcd) echo go.etcd.io/etcd/server/v3;;
+    kwok) echo sigs.k8s.io/kwok/cmd/kwok;;
+    helm) echo helm.sh/helm/v3/cmd/helm;;
+    crane) echo github.com/google/go-containerregistry/cmd/crane;;
+    buildkit) echo github.com/moby/buildkit/cmd/{buildkitd,buildctl};;
+  esac
+}
+binary_name() { # package -> binary name
+  case $1 in
+    go.etcd.io/etcd/server/v3) echo etcd;;
+    *) basename "$1";;
+  esac
+}
+
+regen() {
+  local tool=$1 dir="$here/$1" mod version
+  read -r mod version < <(tool_module "$tool")
+  rm -rf "$dir" && mkdir -p "$dir"
+  (
+    cd "$dir"
+    go mod init "multiarch-operator.e2e/tools/$tool" >/dev/null 2>&1
+    if [ "$tool" = kubernetes ]; then
+      # k/k requires its staging modules at v0.0.0: replace each with the matching v0.Y.Z
+      local kk staging
+      kk=$(go mod download -json "k8s.io/kubernetes@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+      staging="v0.${version#v1.}"
+      grep -E '^\s+k8s\.io/[^ ]+ v0\.0\.0$' "$kk" | awk '{print $1}' | while read -r m; do
+        go mod edit -replace "$m=$m@$staging"
+      done
+      go mod edit -go="$(awk '/^go /{print $2}' "$kk")"
+      awk '/^godebug /' "$kk" >> go.mod
+    fi
+    for p in $(tool_packages "$tool"); do go get -tool "$p@$version"; done
+    go mod tidy
+  )
+}
+
+build() {
+  local tool=$1 mod version stamp dir="$here/$1" ldflags=()
+  read -r mod version < <(tool_module "$tool")
+  stamp="$cache/$tool-$version.done"
+  [ -f "$stamp" ] && return 0
+  [ -f "$dir/go.mod" ] || regen "$tool"
+  case $tool in
+    kubernetes)
+      local major minor
+      major=$(echo "$version" | sed -E 's/^v([0-9]+)\..*/\1/'); minor=$(echo "$version" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')
+      for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=("-X $pkg.gitVersion=$version" "-X $pkg.gitMajor=$major" "-X $pkg.gitMinor=$minor" "-X $pkg.gitTreeState=clean")
+      done;;
+    buildkit) ldflags+=("-X github.com/moby/buildkit/version.Version=$version");;
+    helm) ldflags+=("-X helm.sh/helm/v3/internal/version.version=$version");;
+    kwok) ldflags+=("-X sigs.k8s.io/kwok/pkg/consts.Version=$version");;
+  esac
+  local started=$SECONDS
+  for p in $(tool_packages "$tool"); do
+    log "building $(binary_name "$p") ($tool $version)"
+    (cd "$dir" && go build -trimpath -ldflags "-s -w ${ldflags[*]}" -o "$cache/bin/$(binary_name "$p")" "$p")
+  done
+  if [ "$tool" = buildkit ]; then
+    local src
+    src=$(cd "$dir" && go list -m -f '{{.Dir}}' github.com/moby/buildkit)
+    install -m 0755 "$src/examples/buildctl-daemonless/buildctl-daemonless.sh" "$cache/bin/buildctl-daemonless.sh"
+  fi
+  log "$tool $version built in $((SECONDS - started))s"
+  touch "$stamp"
+}
+
+all=(kubernetes etcd kwok helm crane buildkit)
+if [ "${1:-}" = --regen ]; then shift; for t in "$@"; do regen "$t"; done; exit 0; fi
+[ $# -gt 0 ] || set -- "${all[@]}"
+for t in "$@"; do build "$t"; done
+echo "$cache/bin"

@@ -1,0 +1,16 @@
+//! multiarch-operator: builds multi-architecture container images natively, one BuildKit builder
+//! per CPU architecture on a node of that architecture, and publishes a verified OCI image index.
+//!
+//! The pure core (API types, validation, the build planner, builder rendering, index assembly) has
+//! no client, no clock and no randomness; the controller and the registry adapter are the only
+//! modules that do I/O.
+
+pub mod platform;
+pub mod publish;
+pub mod reference;
+
+/// Installs the process-wide TLS crypto provider (ring). Every binary and test that opens a TLS
+/// connection calls this first; calling it twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,2 @@
+//! Publishing: verify per-platform images and push a combined OCI image index to tags.
+pub mod cli;
