@@ -5,6 +5,7 @@
 //! no client, no clock and no randomness; the controller and the registry adapter are the only
 //! modules that do I/O.
 
+pub mod api;
 pub mod platform;
 pub mod publish;
 pub mod reference;

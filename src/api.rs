@@ -1,0 +1,461 @@
+//! The `multiarch.dev/v1alpha1` `MultiArchImage` API: the single source of truth for the CRD
+//! (`multiarch-operator crd` prints it, `crds/` holds its output). Doc comments here become
+//! `kubectl explain` text.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of every kind this operator serves.
+pub const GROUP: &str = "multiarch.dev";
+/// A new value of this annotation rebuilds the same spec (the branch is resolved again).
+pub const REBUILD_ANNOTATION: &str = "multiarch.dev/rebuild";
+
+/// Longest primary tag when per-platform tags are on: `<tag>-<arch><variant>` must stay within a
+/// registry's 128 characters, and `<arch><variant>` is at most 31 characters.
+pub const MAX_PRIMARY_TAG_LEN: usize = 96;
+
+/// A multi-architecture image: built natively on a node of each platform's CPU architecture and
+/// published as one verified OCI image index under every tag.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "multiarch.dev",
+    version = "v1alpha1",
+    kind = "MultiArchImage",
+    plural = "multiarchimages",
+    shortname = "mai",
+    category = "all",
+    namespaced,
+    status = "MultiArchImageStatus",
+    derive = "PartialEq",
+    doc = "A container image built natively for several platforms (one BuildKit builder per CPU architecture) and published as a verified OCI image index.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Platforms", type_ = "string", json_path = ".spec.platforms", priority = "1"),
+    printcolumn(name = "Digest", type_ = "string", json_path = ".status.digest"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.platformOverrides) || self.platformOverrides.all(o, o.platform in self.platforms)").message("every platformOverrides[].platform must be one of spec.platforms"))]
+#[x_kube(validation = Rule::new("!self.platformTags || size(self.tags[0]) <= 96").message("tags[0] must be at most 96 characters when platformTags is true, so that <tag>-<arch><variant> stays within 128"))]
+pub struct MultiArchImageSpec {
+    /// Where the build context comes from.
+    pub source: Source,
+
+    /// Build arguments passed to the Dockerfile (`ARG`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub build_args: Vec<BuildArg>,
+
+    /// The multi-stage build target; empty builds the last stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+
+    /// The repository to publish to, with no tag and no digest (for example
+    /// `registry.example.com/team/app`).
+    #[x_kube(validation = Rule::new("!self.contains('@')").message("image must be a repository without a digest (remove '@sha256:...')"))]
+    #[x_kube(validation = Rule::new("self.matches('^([A-Za-z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-]+[a-z0-9]+)*(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$')").message("image must be a repository without a tag, like registry.example.com/team/app (lowercase path, no ':tag')"))]
+    #[schemars(length(min = 1, max = 255))]
+    pub image: String,
+
+    /// Tags to publish the index to; at least one. `tags[0]` is the primary tag, the base of the
+    /// per-platform tags.
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 128)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(t, t.matches('^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$'))").message("each tag must be 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"))]
+    pub tags: Vec<String>,
+
+    /// Platforms to build, as `os/arch[/variant]` (for example `linux/amd64`, `linux/arm64`,
+    /// `linux/arm/v7`); unique; the index lists them in this order.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 3, max = 50)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(p, p.matches('^[a-z0-9_-]{1,16}/[a-z0-9_-]{1,16}(/[a-z0-9_-]{1,15})?$'))").message("each platform must be os/arch[/variant] in lowercase, for example linux/arm64"))]
+    pub platforms: Vec<String>,
+
+    /// A `kubernetes.io/dockerconfigjson` Secret in this namespace with credentials for the
+    /// image's registry; mounted into every builder and used for publishing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_secret_ref: Option<LocalObjectReference>,
+
+    /// Also tag each platform's image as `<tags[0]>-<arch><variant>` (for example `1.0.0-arm64`).
+    #[serde(default = "default_true")]
+    pub platform_tags: bool,
+
+    /// How builders run; defaults come from the operator's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<BuilderSpec>,
+
+    /// Per-platform additions to `builder` (node selectors and tolerations are merged, resources
+    /// replace the listed quantities).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["platform"]))]
+    pub platform_overrides: Vec<PlatformOverride>,
+
+    /// Retries per platform of a build that failed by itself (non-zero exit). Disruptions
+    /// (eviction, preemption, node loss) are retried without counting.
+    #[serde(default = "default_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: i32,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_retries() -> i32 {
+    2
+}
+
+/// The source of the build context.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// A git repository; the revision is resolved to one commit per build.
+    pub git: GitSource,
+
+    /// The build context, a directory relative to the repository root.
+    #[serde(default = "default_context_dir")]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..')").message("contextDir must be a relative path inside the repository"))]
+    pub context_dir: String,
+
+    /// The Dockerfile, relative to the context directory.
+    #[serde(default = "default_dockerfile")]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..')").message("dockerfile must be a relative path inside the context"))]
+    #[schemars(length(min = 1))]
+    pub dockerfile: String,
+}
+
+fn default_context_dir() -> String {
+    ".".to_string()
+}
+
+fn default_dockerfile() -> String {
+    "Dockerfile".to_string()
+}
+
+/// A git repository served over HTTP(S) or the git protocol.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSource {
+    /// The repository URL (`https://`, `http://` or `git://`).
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('git://')").message("url must start with https://, http:// or git://"))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+
+    /// A branch, tag or full commit SHA; resolved to one commit when a build starts and recorded
+    /// in `status.source.commit`.
+    #[serde(default = "default_revision")]
+    #[schemars(length(min = 1, max = 255))]
+    pub revision: String,
+
+    /// A Secret in this namespace with credentials for a private repository: `token` (sent as
+    /// the password, for GitHub/GitLab tokens), or `username` and `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+}
+
+fn default_revision() -> String {
+    "HEAD".to_string()
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct LocalObjectReference {
+    /// The object's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A Dockerfile build argument.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct BuildArg {
+    /// The argument's name.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("a build argument name is letters, digits and '_'"))]
+    pub name: String,
+    /// The argument's value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// How builder Jobs run.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuilderSpec {
+    /// The BuildKit image (rootless); pin it by digest in production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// Resources of the builder container; include `ephemeral-storage` for BuildKit's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Longest time one attempt may build, counted from the builder's start (for example `45m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != ''").message("timeout must be a duration like 45m, 1h30m or 90s"))]
+    pub timeout: Option<String>,
+
+    /// Longest time a builder may wait for a node of its architecture (for example `15m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != ''").message("provisioningTimeout must be a duration like 15m"))]
+    pub provisioning_timeout: Option<String>,
+
+    /// Node labels merged into every platform's node selector.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations added to every builder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// The builder's ServiceAccount, for example for registry access through IRSA or EKS Pod
+    /// Identity. Its API token is never mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+}
+
+/// Per-platform builder settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformOverride {
+    /// The platform these settings apply to; one of `spec.platforms`.
+    #[schemars(length(min = 3, max = 50))]
+    pub platform: String,
+
+    /// Node labels merged into this platform's node selector.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations added to this platform's builders.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Resources for this platform; listed quantities replace the builder's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// The observed state, written only by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MultiArchImageStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The overall phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// `Ready` (always), `Reconciling` and `Stalled` (when true), as kstatus expects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The current build: its identity and the commit every platform builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildStatus>,
+
+    /// The resolved source of the current build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStatus>,
+
+    /// The value of the `multiarch.dev/rebuild` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<String>,
+
+    /// One entry per platform of the current build, in `spec.platforms` order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformStatus>,
+
+    /// The digest of the published index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+
+    /// The published index by digest (`<image>@sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_ref: Option<String>,
+
+    /// The tags the index was last published to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published_tags: Vec<String>,
+}
+
+/// The identity of a build.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildStatus {
+    /// A hash of the build inputs (source, Dockerfile, arguments, target, platforms, image,
+    /// builder) and the rebuild annotation; part of every builder's name.
+    pub id: String,
+    /// When the build started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+}
+
+/// The resolved source.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// The commit every platform builds.
+    pub commit: String,
+    /// The revision it was resolved from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+/// One platform's build.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformStatus {
+    /// The platform, as written in `spec.platforms`.
+    pub platform: String,
+    /// The platform's phase.
+    pub phase: PlatformPhase,
+    /// The builder Job of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<String>,
+    /// The node the builder runs or ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Builds that failed by themselves; disruptions are not counted.
+    #[serde(default)]
+    pub attempts: i32,
+    /// Builder pods lost to disruptions (eviction, preemption, node loss) in this build.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disruptions: i32,
+    /// The pushed image's manifest digest, verified in the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Since when the builder waits for a node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<Time>,
+    /// Why the platform is not built yet, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// Why it waits, or the failure with the tail of the builder's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// The overall phase.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Phase {
+    Pending,
+    Building,
+    Publishing,
+    Succeeded,
+    Failed,
+}
+
+/// A platform's phase.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum PlatformPhase {
+    Pending,
+    Building,
+    Built,
+    Failed,
+}
+
+/// Condition reasons, also used as Event reasons.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum Reason {
+    Building,
+    WaitingForNode,
+    Publishing,
+    Published,
+    InvalidSpec,
+    SourceUnavailable,
+    BuildFailed,
+    NoNodeForPlatform,
+    BuildTimeout,
+    BuilderRejected,
+    PlatformMismatch,
+    PublishFailed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Building => "Building",
+            Reason::WaitingForNode => "WaitingForNode",
+            Reason::Publishing => "Publishing",
+            Reason::Published => "Published",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::SourceUnavailable => "SourceUnavailable",
+            Reason::BuildFailed => "BuildFailed",
+            Reason::NoNodeForPlatform => "NoNodeForPlatform",
+            Reason::BuildTimeout => "BuildTimeout",
+            Reason::BuilderRejected => "BuilderRejected",
+            Reason::PlatformMismatch => "PlatformMismatch",
+            Reason::PublishFailed => "PublishFailed",
+        }
+    }
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Building => "Building",
+            Phase::Publishing => "Publishing",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+/// The CRD as YAML, exactly what `multiarch-operator crd` prints and `crds/` holds.
+pub fn crd_yaml() -> String {
+    let crd = MultiArchImage::crd();
+    // serializing a CRD cannot fail: it is plain data with string keys
+    let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
+    format!("---\n{yaml}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_matches_the_types() {
+        let committed = include_str!("../crds/multiarchimages.multiarch.dev.yaml");
+        assert!(
+            committed == crd_yaml(),
+            "crds/ drifted from the API types: run `multiarch-operator crd > crds/multiarchimages.multiarch.dev.yaml`"
+        );
+    }
+
+    #[test]
+    fn defaults_fill_in_optional_fields() {
+        let spec: MultiArchImageSpec = serde_json::from_value(serde_json::json!({
+            "source": {"git": {"url": "https://example.com/a.git"}},
+            "image": "registry.example.com/team/app",
+            "tags": ["1.0.0"],
+            "platforms": ["linux/amd64"],
+        }))
+        .unwrap();
+        assert_eq!(spec.source.context_dir, ".");
+        assert_eq!(spec.source.dockerfile, "Dockerfile");
+        assert_eq!(spec.source.git.revision, "HEAD");
+        assert!(spec.platform_tags);
+        assert_eq!(spec.retries, 2);
+    }
+
+    #[test]
+    fn crd_carries_short_name_status_and_cel_rules() {
+        let y = crd_yaml();
+        assert!(y.contains("- mai"));
+        assert!(y.contains("status: {}"));
+        assert!(y.contains("x-kubernetes-validations"));
+        assert!(y.contains("x-kubernetes-list-type: set"));
+    }
+}
