@@ -33,10 +33,23 @@ pub const MAX_PRIMARY_TAG_LEN: usize = 96;
     derive = "PartialEq",
     doc = "A container image built natively for several platforms (one BuildKit builder per CPU architecture) and published as a verified OCI image index.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Platforms", type_ = "string", json_path = ".spec.platforms", priority = "1"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Platforms",
+        type_ = "string",
+        json_path = ".spec.platforms",
+        priority = "1"
+    ),
     printcolumn(name = "Digest", type_ = "string", json_path = ".status.digest"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.platformOverrides) || self.platformOverrides.all(o, o.platform in self.platforms)").message("every platformOverrides[].platform must be one of spec.platforms"))]

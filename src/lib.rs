@@ -6,9 +6,13 @@
 //! modules that do I/O.
 
 pub mod api;
+pub mod builder;
+pub mod config;
+pub mod plan;
 pub mod platform;
 pub mod publish;
 pub mod reference;
+pub mod validate;
 
 /// Installs the process-wide TLS crypto provider (ring). Every binary and test that opens a TLS
 /// connection calls this first; calling it twice is harmless.

@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "multiarch-operator", version, about = "Native multi-architecture image builds for Kubernetes")]
+#[command(
+    name = "multiarch-operator",
+    version,
+    about = "Native multi-architecture image builds for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

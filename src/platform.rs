@@ -17,7 +17,9 @@ pub struct Platform {
 
 /// Why a platform string could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid platform {input:?}: {reason} (expected os/arch[/variant], for example linux/arm64)")]
+#[error(
+    "invalid platform {input:?}: {reason} (expected os/arch[/variant], for example linux/arm64)"
+)]
 pub struct PlatformError {
     input: String,
     reason: &'static str,
@@ -59,10 +61,13 @@ impl Platform {
         self.normalized() == other.normalized()
     }
 
-    /// The `kubernetes.io/arch` value of nodes that run this platform natively:
-    /// every arm variant runs on arm64 nodes except 32-bit arm, which has its own label.
+    /// The `kubernetes.io/arch` value of nodes that build this platform natively: every arm
+    /// variant (32-bit `arm/v6`, `arm/v7` included) builds on arm64 nodes.
     pub fn node_arch(&self) -> &str {
-        &self.architecture
+        match self.architecture.as_str() {
+            "arm" => "arm64",
+            arch => arch,
+        }
     }
 
     /// A DNS-label-safe slug, `os-arch[-variant]`, used in names and labels.
@@ -132,8 +137,19 @@ mod tests {
 
     #[test]
     fn rejects_malformed_platforms() {
-        for bad in ["", "linux", "linux/", "/amd64", "linux/amd64/v8/x", "Linux/AMD64", "linux/am d64"] {
-            assert!(bad.parse::<Platform>().is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "",
+            "linux",
+            "linux/",
+            "/amd64",
+            "linux/amd64/v8/x",
+            "Linux/AMD64",
+            "linux/am d64",
+        ] {
+            assert!(
+                bad.parse::<Platform>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 
@@ -151,7 +167,13 @@ mod tests {
 
     #[test]
     fn tag_suffix_joins_arch_and_variant() {
-        assert_eq!("linux/arm/v7".parse::<Platform>().unwrap().tag_suffix(), "armv7");
-        assert_eq!("linux/amd64".parse::<Platform>().unwrap().tag_suffix(), "amd64");
+        assert_eq!(
+            "linux/arm/v7".parse::<Platform>().unwrap().tag_suffix(),
+            "armv7"
+        );
+        assert_eq!(
+            "linux/amd64".parse::<Platform>().unwrap().tag_suffix(),
+            "amd64"
+        );
     }
 }

@@ -61,7 +61,8 @@ fn is_path_component(c: &str) -> bool {
     let mut prev_sep = String::new();
     for &ch in b {
         if ch.is_ascii_lowercase() || ch.is_ascii_digit() {
-            if !prev_sep.is_empty() && !matches!(prev_sep.as_str(), "." | "_" | "__")
+            if !prev_sep.is_empty()
+                && !matches!(prev_sep.as_str(), "." | "_" | "__")
                 && !prev_sep.bytes().all(|x| x == b'-')
             {
                 return false;
@@ -78,7 +79,8 @@ fn is_path_component(c: &str) -> bool {
 
 fn is_registry_host(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 impl Repository {
@@ -215,12 +217,17 @@ impl FromStr for Digest {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let hex_ok = |h: &str, n: usize| {
-            h.len() == n && h.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            h.len() == n
+                && h.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
         };
         match s.split_once(':') {
             Some(("sha256", h)) if hex_ok(h, 64) => Ok(Digest(s.to_string())),
             Some(("sha512", h)) if hex_ok(h, 128) => Ok(Digest(s.to_string())),
-            _ => Err(ref_err(s, "a digest is sha256: followed by 64 lowercase hex digits")),
+            _ => Err(ref_err(
+                s,
+                "a digest is sha256: followed by 64 lowercase hex digits",
+            )),
         }
     }
 }
@@ -260,7 +267,10 @@ impl FromStr for Reference {
             None => (name, None),
         };
         if tag.is_none() && digest.is_none() {
-            return Err(ref_err(s, "a reference needs a tag (:tag) or a digest (@sha256:...)"));
+            return Err(ref_err(
+                s,
+                "a reference needs a tag (:tag) or a digest (@sha256:...)",
+            ));
         }
         Ok(Reference {
             repository: repo.parse()?,

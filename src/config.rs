@@ -1,0 +1,137 @@
+//! Operator-wide defaults for builders and the build lifecycle, set by flags or environment
+//! variables of `multiarch-operator run` (and by the Helm chart's values).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// The BuildKit image builders run when neither the object nor the operator names one.
+pub const DEFAULT_BUILDER_IMAGE: &str = "moby/buildkit:v0.29.0-rootless";
+
+/// Defaults applied to every builder and build.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BuilderDefaults {
+    /// The BuildKit image (rootless).
+    pub image: String,
+    /// Resource requests of the builder container.
+    pub requests: BTreeMap<String, Quantity>,
+    /// Resource limits of the builder container.
+    pub limits: BTreeMap<String, Quantity>,
+    /// Per-attempt build timeout, from the builder's start.
+    pub timeout: Duration,
+    /// How long a builder may wait for a node.
+    pub provisioning_timeout: Duration,
+    /// Node labels added to every builder's selector.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations added to every builder.
+    pub tolerations: Vec<Toleration>,
+    /// Builder pods lost to disruptions that are retried per attempt before the platform fails.
+    pub max_disruptions: i32,
+    /// How long finished builders are kept before they are deleted (the most recent failed one of
+    /// each object is kept until the next build).
+    pub finished_ttl: Duration,
+}
+
+impl Default for BuilderDefaults {
+    fn default() -> Self {
+        let q = |s: &str| Quantity(s.to_string());
+        BuilderDefaults {
+            image: DEFAULT_BUILDER_IMAGE.to_string(),
+            requests: BTreeMap::from([
+                ("cpu".to_string(), q("1")),
+                ("memory".to_string(), q("2Gi")),
+                ("ephemeral-storage".to_string(), q("10Gi")),
+            ]),
+            limits: BTreeMap::new(),
+            timeout: Duration::from_secs(45 * 60),
+            provisioning_timeout: Duration::from_secs(15 * 60),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            max_disruptions: 3,
+            finished_ttl: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// Why a duration could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: expected a whole number of hours, minutes and seconds such as 45m, 1h30m or 90s")]
+pub struct DurationError(pub String);
+
+/// Parses `1h30m`, `45m`, `90s` (whole units, in that order).
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let err = || DurationError(s.to_string());
+    if s.is_empty() {
+        return Err(err());
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut last_unit = 0u8; // 1 = h, 2 = m, 3 = s: units must come in order
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let (rank, secs) = match c {
+            'h' => (1, 3600),
+            'm' => (2, 60),
+            's' => (3, 1),
+            _ => return Err(err()),
+        };
+        if num.is_empty() || rank <= last_unit {
+            return Err(err());
+        }
+        let n: u64 = num.parse().map_err(|_| err())?;
+        total = n
+            .checked_mul(secs)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(err)?;
+        num.clear();
+        last_unit = rank;
+    }
+    if !num.is_empty() {
+        return Err(err());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (h, m, sec) = (s / 3600, (s % 3600) / 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if sec > 0 || out.is_empty() {
+        out.push_str(&format!("{sec}s"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_unit_order() {
+        assert_eq!(parse_duration("45m").unwrap(), Duration::from_secs(2700));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        for bad in ["", "m", "10", "1m1h", "1d", "1.5h", "1h1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_format_round_trip() {
+        for s in ["45m", "1h30m", "90s".replace("90s", "1m30s").as_str(), "2h"] {
+            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
+        }
+    }
+}

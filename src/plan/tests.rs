@@ -1,0 +1,562 @@
+//! Table-driven tests of the planner: every transition of the state machine.
+
+use super::*;
+use crate::config::BuilderDefaults;
+use crate::validate::{tests::object, validate};
+
+const COMMIT: &str = "4f1a528c0ffee0000000000000000000000000ab";
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn desired(spec: serde_json::Value) -> DesiredBuild {
+    validate(&object(spec), &BuilderDefaults::default()).unwrap()
+}
+
+fn builder(
+    d: &DesiredBuild,
+    platform: &str,
+    attempt: u32,
+    state: BuilderState,
+) -> BuilderObservation {
+    let p: Platform = platform.parse().unwrap();
+    BuilderObservation {
+        name: crate::builder::job_name("apiping", &d.build_id, &p, attempt),
+        build_id: d.build_id.clone(),
+        platform: platform_label(&p),
+        attempt,
+        commit: COMMIT.into(),
+        created: t(0),
+        finished_at: match state {
+            BuilderState::Succeeded { .. } | BuilderState::Failed { .. } => Some(t(100)),
+            _ => None,
+        },
+        state,
+        disruptions: 0,
+        stopped: None,
+    }
+}
+
+fn running(node: &str) -> BuilderState {
+    BuilderState::Running {
+        node: node.into(),
+        started: t(10),
+    }
+}
+
+fn built(digest: &str) -> BuilderState {
+    BuilderState::Succeeded {
+        node: Some("n1".into()),
+        result: Ok(digest.into()),
+    }
+}
+
+fn exited(code: i32, msg: &str) -> BuilderState {
+    BuilderState::Failed {
+        node: Some("n1".into()),
+        failure: Failure::Exited(code),
+        message: msg.into(),
+    }
+}
+
+/// A status of the current build, as a previous reconcile would have written it.
+fn started(d: &DesiredBuild) -> MultiArchImageStatus {
+    MultiArchImageStatus {
+        observed_generation: Some(1),
+        build: Some(BuildStatus {
+            id: d.build_id.clone(),
+            started_at: Some(Time(t(0))),
+        }),
+        source: Some(SourceStatus {
+            commit: COMMIT.into(),
+            revision: Some("main".into()),
+        }),
+        phase: Some(Phase::Pending),
+        ..Default::default()
+    }
+}
+
+fn run(
+    d: &DesiredBuild,
+    status: &MultiArchImageStatus,
+    builders: &[BuilderObservation],
+    source: Option<SourceResolution>,
+    now: Timestamp,
+) -> Plan {
+    plan(
+        d,
+        &Observed {
+            generation: Some(1),
+            status,
+            builders,
+            source,
+            revision: "main",
+            finished_ttl: Duration::from_secs(3600),
+        },
+        now,
+    )
+}
+
+fn creates(plan: &Plan) -> Vec<(String, u32)> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateBuilder {
+                platform, attempt, ..
+            } => Some((platform.to_string(), *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn condition<'a>(s: &'a MultiArchImageStatus, type_: &str) -> Option<&'a Condition> {
+    s.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[test]
+fn new_object_waits_for_the_source_then_creates_one_builder_per_platform() {
+    let d = desired(serde_json::json!({}));
+    let empty = MultiArchImageStatus::default();
+    assert!(needs_source(&d, &empty, &[]));
+    let p = run(&d, &empty, &[], None, t(0));
+    assert!(p.actions.is_empty());
+
+    let p = run(
+        &d,
+        &empty,
+        &[],
+        Some(SourceResolution::Resolved(COMMIT.into())),
+        t(0),
+    );
+    assert_eq!(
+        creates(&p),
+        vec![("linux/amd64".into(), 1), ("linux/arm64".into(), 1)]
+    );
+    assert!(p
+        .actions
+        .iter()
+        .all(|a| !matches!(a, Action::CreateBuilder { commit, .. } if commit != COMMIT)));
+    assert_eq!(p.status.source.as_ref().unwrap().commit, COMMIT);
+    assert_eq!(p.status.build.as_ref().unwrap().id, d.build_id);
+    assert_eq!(p.status.phase, Some(Phase::Pending));
+    assert_eq!(condition(&p.status, "Ready").unwrap().status, "False");
+    assert_eq!(condition(&p.status, "Reconciling").unwrap().status, "True");
+    assert!(condition(&p.status, "Stalled").is_none());
+}
+
+#[test]
+fn unavailable_source_stalls_with_source_unavailable() {
+    let d = desired(serde_json::json!({}));
+    let p = run(
+        &d,
+        &MultiArchImageStatus::default(),
+        &[],
+        Some(SourceResolution::Unavailable(
+            "revision nope not found".into(),
+        )),
+        t(0),
+    );
+    assert!(p.actions.is_empty());
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    let stalled = condition(&p.status, "Stalled").unwrap();
+    assert_eq!(stalled.reason, "SourceUnavailable");
+    assert!(stalled.message.contains("nope"));
+}
+
+#[test]
+fn restarted_operator_adopts_existing_builders_and_their_commit() {
+    let d = desired(serde_json::json!({}));
+    let mut b = builder(&d, "linux/amd64", 1, running("amd-1"));
+    b.commit = "1111111111111111111111111111111111111111".into();
+    assert!(!needs_source(
+        &d,
+        &MultiArchImageStatus::default(),
+        std::slice::from_ref(&b)
+    ));
+    let p = run(&d, &MultiArchImageStatus::default(), &[b], None, t(20));
+    assert_eq!(
+        p.status.source.as_ref().unwrap().commit,
+        "1111111111111111111111111111111111111111"
+    );
+    // only the missing platform's builder is created, never a second amd64 one
+    assert_eq!(creates(&p), vec![("linux/arm64".into(), 1)]);
+}
+
+#[test]
+fn unschedulable_builder_waits_for_node_with_the_schedulers_reason() {
+    let d = desired(serde_json::json!({}));
+    let msg = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.";
+    let b = [
+        builder(&d, "linux/amd64", 1, running("amd-1")),
+        builder(
+            &d,
+            "linux/arm64",
+            1,
+            BuilderState::WaitingForNode {
+                since: t(5),
+                message: Some(msg.into()),
+            },
+        ),
+    ];
+    let p = run(&d, &started(&d), &b, None, t(60));
+    assert!(p.actions.is_empty());
+    let arm = &p.status.platforms[1];
+    assert_eq!(arm.phase, PlatformPhase::Pending);
+    assert_eq!(arm.reason, Some(Reason::WaitingForNode));
+    assert_eq!(arm.waiting_since, Some(Time(t(5))));
+    assert_eq!(arm.message.as_deref(), Some(msg));
+    assert_eq!(
+        condition(&p.status, "Ready").unwrap().reason,
+        "WaitingForNode"
+    );
+    // it looks again when the provisioning timeout would expire
+    let requeue = p.requeue_after.unwrap();
+    assert!(
+        requeue <= Duration::from_secs(15 * 60 - 55 + 1),
+        "{requeue:?}"
+    );
+}
+
+#[test]
+fn arm64_pending_past_provisioning_timeout_fails_platform() {
+    let d = desired(serde_json::json!({"builder": {"provisioningTimeout": "10m"}}));
+    let b = [
+        builder(&d, "linux/amd64", 1, built("sha256:aa")),
+        builder(
+            &d,
+            "linux/arm64",
+            1,
+            BuilderState::WaitingForNode {
+                since: t(0),
+                message: Some("didn't match Pod's node affinity/selector".into()),
+            },
+        ),
+    ];
+    let p = run(&d, &started(&d), &b, None, t(600));
+    assert!(p.actions.iter().any(|a| matches!(
+        a,
+        Action::StopBuilder {
+            reason: Reason::NoNodeForPlatform,
+            ..
+        }
+    )));
+    assert_eq!(p.status.platforms[1].phase, PlatformPhase::Failed);
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    let stalled = condition(&p.status, "Stalled").unwrap();
+    assert_eq!(stalled.reason, "NoNodeForPlatform");
+    assert!(stalled.message.contains("linux/arm64"));
+    assert!(!p.actions.contains(&Action::Publish));
+}
+
+#[test]
+fn running_builder_past_timeout_is_stopped_with_build_timeout() {
+    let d = desired(serde_json::json!({"builder": {"timeout": "5m"}}));
+    let b = [
+        builder(&d, "linux/amd64", 1, running("a")),
+        builder(&d, "linux/arm64", 1, running("b")),
+    ];
+    let p = run(&d, &started(&d), &b, None, t(10 + 299));
+    assert_eq!(p.status.phase, Some(Phase::Building));
+    assert!(p.actions.is_empty());
+    let p = run(&d, &started(&d), &b, None, t(10 + 300));
+    assert_eq!(
+        p.actions
+            .iter()
+            .filter(|a| matches!(
+                a,
+                Action::StopBuilder {
+                    reason: Reason::BuildTimeout,
+                    ..
+                }
+            ))
+            .count(),
+        2
+    );
+    assert_eq!(
+        condition(&p.status, "Stalled").unwrap().reason,
+        "BuildTimeout"
+    );
+}
+
+#[test]
+fn failed_build_is_retried_within_retries_then_fails() {
+    let d = desired(serde_json::json!({"retries": 1}));
+    let amd = builder(&d, "linux/amd64", 1, built("sha256:aa"));
+    let first = builder(
+        &d,
+        "linux/arm64",
+        1,
+        exited(1, "RUN go build: exit status 2"),
+    );
+    let p = run(
+        &d,
+        &started(&d),
+        &[amd.clone(), first.clone()],
+        None,
+        t(200),
+    );
+    assert_eq!(creates(&p), vec![("linux/arm64".into(), 2)]);
+    assert_eq!(p.status.platforms[1].attempts, 1);
+    assert_eq!(p.status.phase, Some(Phase::Building));
+
+    let second = builder(
+        &d,
+        "linux/arm64",
+        2,
+        exited(1, "RUN go build: exit status 2"),
+    );
+    let p = run(&d, &p.status, &[amd, first, second], None, t(300));
+    assert!(creates(&p).is_empty());
+    let arm = &p.status.platforms[1];
+    assert_eq!(arm.phase, PlatformPhase::Failed);
+    assert_eq!(arm.attempts, 2);
+    assert!(arm.message.as_deref().unwrap().contains("exit status 2"));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    assert_eq!(
+        condition(&p.status, "Stalled").unwrap().reason,
+        "BuildFailed"
+    );
+    assert!(!p.actions.contains(&Action::Publish));
+}
+
+#[test]
+fn disruptions_are_not_counted_as_attempts() {
+    let d = desired(serde_json::json!({}));
+    let mut b = builder(&d, "linux/arm64", 1, running("arm-2"));
+    b.disruptions = 1;
+    let p = run(
+        &d,
+        &started(&d),
+        &[builder(&d, "linux/amd64", 1, running("a")), b],
+        None,
+        t(50),
+    );
+    let arm = &p.status.platforms[1];
+    assert_eq!(arm.attempts, 0);
+    assert_eq!(arm.disruptions, 1);
+    assert_eq!(arm.phase, PlatformPhase::Building);
+    assert!(creates(&p).is_empty());
+}
+
+#[test]
+fn too_many_disruptions_fail_the_platform_without_retry() {
+    let d = desired(serde_json::json!({}));
+    let mut b = builder(
+        &d,
+        "linux/arm64",
+        1,
+        BuilderState::Failed {
+            node: None,
+            failure: Failure::Disruptions,
+            message: "BackoffLimitExceeded".into(),
+        },
+    );
+    b.disruptions = 4;
+    let p = run(
+        &d,
+        &started(&d),
+        &[builder(&d, "linux/amd64", 1, built("sha256:aa")), b],
+        None,
+        t(50),
+    );
+    assert!(creates(&p).is_empty());
+    assert_eq!(p.status.platforms[1].attempts, 0);
+    assert!(p.status.platforms[1]
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("disruptions"));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+}
+
+#[test]
+fn all_platforms_built_publishes_once() {
+    let d = desired(serde_json::json!({}));
+    let b = [
+        builder(&d, "linux/amd64", 1, built("sha256:aa")),
+        builder(&d, "linux/arm64", 1, built("sha256:bb")),
+    ];
+    let p = run(&d, &started(&d), &b, None, t(200));
+    assert_eq!(p.actions, vec![Action::Publish]);
+    assert_eq!(p.status.phase, Some(Phase::Publishing));
+    assert_eq!(p.status.platforms[1].digest.as_deref(), Some("sha256:bb"));
+
+    let mut status = p.status.clone();
+    let events = record_publish(
+        &mut status,
+        &d,
+        &PublishOutcome::Published {
+            digest: "sha256:ii".into(),
+            image_ref: "registry.example.com/team/apiping@sha256:ii".into(),
+        },
+        t(201),
+    );
+    assert!(events.iter().any(|e| e.reason == Reason::Published));
+    assert_eq!(condition(&status, "Ready").unwrap().status, "True");
+    assert!(condition(&status, "Reconciling").is_none());
+
+    // running again changes nothing: no second publish, no new status
+    let again = run(&d, &status, &b, None, t(300));
+    assert!(again.actions.is_empty());
+    assert_eq!(again.status, status);
+    assert!(again.events.is_empty());
+}
+
+#[test]
+fn tags_only_change_republishes_without_new_builders() {
+    let d = desired(serde_json::json!({}));
+    let b = [
+        builder(&d, "linux/amd64", 1, built("sha256:aa")),
+        builder(&d, "linux/arm64", 1, built("sha256:bb")),
+    ];
+    let mut status = run(&d, &started(&d), &b, None, t(200)).status;
+    record_publish(
+        &mut status,
+        &d,
+        &PublishOutcome::Published {
+            digest: "sha256:ii".into(),
+            image_ref: "x@sha256:ii".into(),
+        },
+        t(201),
+    );
+
+    let d2 = desired(serde_json::json!({"tags": ["1.0.1", "latest"]}));
+    assert_eq!(d.build_id, d2.build_id);
+    let p = run(&d2, &status, &b, None, t(300));
+    assert_eq!(p.actions, vec![Action::Publish]);
+}
+
+#[test]
+fn build_input_change_retires_old_builders_and_starts_a_new_build() {
+    let old = desired(serde_json::json!({}));
+    let new = desired(serde_json::json!({"buildArgs": [{"name": "V", "value": "2"}]}));
+    let b = [
+        builder(&old, "linux/amd64", 1, running("a")),
+        builder(&old, "linux/arm64", 1, built("sha256:bb")),
+    ];
+    assert!(needs_source(&new, &started(&old), &b));
+    let p = run(
+        &new,
+        &started(&old),
+        &b,
+        Some(SourceResolution::Resolved(COMMIT.into())),
+        t(50),
+    );
+    assert!(p.actions.contains(&Action::DeleteBuilder {
+        name: b[0].name.clone()
+    }));
+    assert_eq!(creates(&p).len(), 2);
+    assert_eq!(p.status.build.as_ref().unwrap().id, new.build_id);
+    assert!(p.status.platforms.iter().all(|p| p.digest.is_none()));
+}
+
+#[test]
+fn platform_mismatch_stays_failed_until_a_new_generation() {
+    let d = desired(serde_json::json!({}));
+    let b = [
+        builder(&d, "linux/amd64", 1, built("sha256:aa")),
+        builder(&d, "linux/arm64", 1, built("sha256:bb")),
+    ];
+    let mut status = run(&d, &started(&d), &b, None, t(200)).status;
+    record_publish(
+        &mut status,
+        &d,
+        &PublishOutcome::PlatformMismatch("linux/arm64 image is linux/amd64".into()),
+        t(201),
+    );
+    assert_eq!(
+        condition(&status, "Stalled").unwrap().reason,
+        "PlatformMismatch"
+    );
+    let p = run(&d, &status, &b, None, t(300));
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+}
+
+#[test]
+fn builder_rejected_at_admission_is_not_recreated() {
+    let d = desired(serde_json::json!({}));
+    let mut status = started(&d);
+    status.phase = Some(Phase::Failed);
+    status.platforms = vec![PlatformStatus {
+        platform: "linux/amd64".into(),
+        phase: PlatformPhase::Failed,
+        builder: None,
+        node: None,
+        attempts: 0,
+        disruptions: 0,
+        digest: None,
+        waiting_since: None,
+        reason: Some(Reason::BuilderRejected),
+        message: Some("violates PodSecurity \"baseline:latest\"".into()),
+    }];
+    let p = run(&d, &status, &[], None, t(10));
+    assert!(creates(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        condition(&p.status, "Stalled").unwrap().reason,
+        "BuilderRejected"
+    );
+}
+
+#[test]
+fn finished_builders_are_deleted_after_ttl_keeping_the_latest_failed_one() {
+    let old = desired(serde_json::json!({}));
+    let d = desired(serde_json::json!({"target": "x"}));
+    let failed_old = builder(&old, "linux/amd64", 1, exited(1, "boom"));
+    let ok_old = builder(&old, "linux/arm64", 1, built("sha256:bb"));
+    let mut status = started(&d);
+    status.phase = Some(Phase::Building);
+    let p = run(
+        &d,
+        &status,
+        &[failed_old.clone(), ok_old.clone()],
+        None,
+        t(100 + 3599),
+    );
+    assert!(!p
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::DeleteBuilder { .. })));
+    let p = run(
+        &d,
+        &status,
+        &[failed_old, ok_old.clone()],
+        None,
+        t(100 + 3600),
+    );
+    assert!(p
+        .actions
+        .contains(&Action::DeleteBuilder { name: ok_old.name }));
+    assert_eq!(
+        p.actions
+            .iter()
+            .filter(|a| matches!(a, Action::DeleteBuilder { .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn conditions_keep_their_transition_time_while_unchanged() {
+    let d = desired(serde_json::json!({}));
+    let b = [
+        builder(&d, "linux/amd64", 1, running("a")),
+        builder(&d, "linux/arm64", 1, running("b")),
+    ];
+    let first = run(&d, &started(&d), &b, None, t(20)).status;
+    let second = run(&d, &first, &b, None, t(40)).status;
+    assert_eq!(
+        condition(&first, "Ready").unwrap().last_transition_time,
+        condition(&second, "Ready").unwrap().last_transition_time
+    );
+    assert_eq!(first, second);
+}
+
+#[test]
+fn long_messages_keep_their_tail() {
+    let s = format!("{}END", "x".repeat(5000));
+    let t = truncate_tail(&s, 100);
+    assert!(t.ends_with("END"));
+    assert!(t.len() <= 104);
+}

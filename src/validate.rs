@@ -1,0 +1,305 @@
+//! The one `validate` step: turns a `MultiArchImage` into a [`DesiredBuild`] of parsed values,
+//! or an [`InvalidSpec`] that says what to fix. It catches what the CRD schema and its CEL rules
+//! cannot express (platform aliases such as `linux/arm64` and `linux/arm64/v8`, duration values,
+//! reference grammar, per-platform tag lengths).
+
+use std::time::Duration;
+
+use sha2::Digest as _;
+
+use crate::api::{MultiArchImage, MultiArchImageSpec, REBUILD_ANNOTATION};
+use crate::config::{parse_duration, BuilderDefaults};
+use crate::platform::Platform;
+use crate::reference::{Repository, Tag, MAX_TAG_LEN};
+
+/// What the object asks for, parsed and checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredBuild {
+    /// Identifies the build inputs (and the rebuild annotation): a new value means a new build.
+    pub build_id: String,
+    pub repository: Repository,
+    pub tags: Vec<Tag>,
+    pub platforms: Vec<Platform>,
+    pub platform_tags: bool,
+    /// Retries of a build that failed by itself.
+    pub retries: u32,
+    pub timeout: Duration,
+    pub provisioning_timeout: Duration,
+    /// The rebuild annotation's value, if any.
+    pub rebuild: Option<String>,
+}
+
+impl DesiredBuild {
+    /// Every tag a publish writes: the index tags, then the per-platform tags.
+    pub fn published_tags(&self) -> Vec<String> {
+        let mut tags: Vec<String> = self.tags.iter().map(|t| t.to_string()).collect();
+        tags.extend(self.platform_tag_names());
+        tags
+    }
+
+    /// `<tags[0]>-<arch><variant>` for each platform when `platformTags` is on, else nothing.
+    pub fn platform_tag_names(&self) -> Vec<String> {
+        match (self.platform_tags, self.tags.first()) {
+            (true, Some(primary)) => self
+                .platforms
+                .iter()
+                .map(|p| format!("{primary}-{}", p.tag_suffix()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The spec cannot succeed as written; the message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+/// Validates the object against the operator's defaults.
+pub fn validate(
+    obj: &MultiArchImage,
+    defaults: &BuilderDefaults,
+) -> Result<DesiredBuild, InvalidSpec> {
+    let spec = &obj.spec;
+    let invalid = |msg: String| InvalidSpec(msg);
+
+    let repository: Repository = spec
+        .image
+        .parse()
+        .map_err(|e| invalid(format!("spec.image: {e}")))?;
+
+    if spec.tags.is_empty() {
+        return Err(invalid("spec.tags: at least one tag is required".into()));
+    }
+    let mut tags = Vec::with_capacity(spec.tags.len());
+    for (i, t) in spec.tags.iter().enumerate() {
+        let tag: Tag = t
+            .parse()
+            .map_err(|e| invalid(format!("spec.tags[{i}]: {e}")))?;
+        if tags.contains(&tag) {
+            return Err(invalid(format!("spec.tags[{i}]: {t:?} is listed twice")));
+        }
+        tags.push(tag);
+    }
+
+    if spec.platforms.is_empty() {
+        return Err(invalid(
+            "spec.platforms: at least one platform is required".into(),
+        ));
+    }
+    let mut platforms: Vec<Platform> = Vec::with_capacity(spec.platforms.len());
+    for (i, p) in spec.platforms.iter().enumerate() {
+        let platform: Platform = p
+            .parse()
+            .map_err(|e| invalid(format!("spec.platforms[{i}]: {e}")))?;
+        if let Some(other) = platforms.iter().find(|q| q.matches(&platform)) {
+            return Err(invalid(format!(
+                "spec.platforms[{i}]: {platform} is the same platform as {other}; list it once"
+            )));
+        }
+        platforms.push(platform);
+    }
+
+    if spec.platform_tags {
+        let primary = tags[0].as_str();
+        for p in &platforms {
+            let len = primary.len() + 1 + p.tag_suffix().len();
+            if len > MAX_TAG_LEN {
+                return Err(invalid(format!(
+                    "spec.tags[0]: the per-platform tag {primary}-{} would be {len} characters, over the registry limit of {MAX_TAG_LEN}; shorten the tag or set platformTags: false",
+                    p.tag_suffix()
+                )));
+            }
+        }
+    }
+
+    for (i, o) in spec.platform_overrides.iter().enumerate() {
+        let p: Platform = o
+            .platform
+            .parse()
+            .map_err(|e| invalid(format!("spec.platformOverrides[{i}].platform: {e}")))?;
+        if !platforms.iter().any(|q| q.matches(&p)) {
+            return Err(invalid(format!(
+                "spec.platformOverrides[{i}].platform: {p} is not one of spec.platforms"
+            )));
+        }
+    }
+
+    let builder = spec.builder.clone().unwrap_or_default();
+    let timeout = match &builder.timeout {
+        Some(t) => parse_duration(t).map_err(|e| invalid(format!("spec.builder.timeout: {e}")))?,
+        None => defaults.timeout,
+    };
+    let provisioning_timeout = match &builder.provisioning_timeout {
+        Some(t) => parse_duration(t)
+            .map_err(|e| invalid(format!("spec.builder.provisioningTimeout: {e}")))?,
+        None => defaults.provisioning_timeout,
+    };
+    if timeout.is_zero() || provisioning_timeout.is_zero() {
+        return Err(invalid(
+            "spec.builder: timeouts must be longer than zero".into(),
+        ));
+    }
+
+    let url = &spec.source.git.url;
+    if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("git://")) {
+        return Err(invalid(format!(
+            "spec.source.git.url: {url:?} must start with https://, http:// or git:// (SSH URLs are not supported)"
+        )));
+    }
+
+    let retries = u32::try_from(spec.retries)
+        .map_err(|_| invalid("spec.retries: must be zero or more".into()))?;
+    let rebuild = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REBUILD_ANNOTATION))
+        .cloned();
+
+    Ok(DesiredBuild {
+        build_id: build_id(spec, rebuild.as_deref()),
+        repository,
+        tags,
+        platforms,
+        platform_tags: spec.platform_tags,
+        retries,
+        timeout,
+        provisioning_timeout,
+        rebuild,
+    })
+}
+
+/// A short hash of the build inputs: everything but the tags, `platformTags` and `retries`.
+pub fn build_id(spec: &MultiArchImageSpec, rebuild: Option<&str>) -> String {
+    let inputs = serde_json::json!({
+        "source": spec.source,
+        "buildArgs": spec.build_args,
+        "target": spec.target,
+        "image": spec.image,
+        "platforms": spec.platforms,
+        "builder": spec.builder,
+        "platformOverrides": spec.platform_overrides,
+        "pushSecretRef": spec.push_secret_ref,
+        "rebuild": rebuild,
+    });
+    let hash = sha2::Sha256::digest(inputs.to_string().as_bytes());
+    hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    pub fn object(spec: serde_json::Value) -> MultiArchImage {
+        let mut base = serde_json::json!({
+            "source": {"git": {"url": "https://git.example.com/team/apiping.git", "revision": "main"}},
+            "image": "registry.example.com/team/apiping",
+            "tags": ["1.0.0", "latest"],
+            "platforms": ["linux/amd64", "linux/arm64"],
+        });
+        if let (Some(b), Some(s)) = (base.as_object_mut(), spec.as_object()) {
+            for (k, v) in s {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let mut obj = MultiArchImage::new("apiping", serde_json::from_value(base).unwrap());
+        obj.metadata.namespace = Some("builds".into());
+        obj.metadata.uid = Some("0c5a6a5e-1111-4222-8333-444455556666".into());
+        obj.metadata.generation = Some(1);
+        obj
+    }
+
+    fn check(spec: serde_json::Value) -> Result<DesiredBuild, InvalidSpec> {
+        validate(&object(spec), &BuilderDefaults::default())
+    }
+
+    #[test]
+    fn valid_spec_gives_parsed_values_and_platform_tags() {
+        let d = check(serde_json::json!({})).unwrap();
+        assert_eq!(
+            d.repository.to_string(),
+            "registry.example.com/team/apiping"
+        );
+        assert_eq!(d.platforms.len(), 2);
+        assert_eq!(
+            d.published_tags(),
+            vec!["1.0.0", "latest", "1.0.0-amd64", "1.0.0-arm64"]
+        );
+        assert_eq!(d.build_id.len(), 8);
+    }
+
+    #[test]
+    fn invalid_specs_say_what_to_fix() {
+        let cases = [
+            (
+                serde_json::json!({"platforms": ["linux/arm64", "linux/arm64/v8"]}),
+                "same platform",
+            ),
+            (
+                serde_json::json!({"platforms": ["linux"]}),
+                "spec.platforms[0]",
+            ),
+            (
+                serde_json::json!({"image": "registry.example.com/team/app:1.0"}),
+                "spec.image",
+            ),
+            (serde_json::json!({"tags": []}), "at least one tag"),
+            (serde_json::json!({"tags": ["-bad"]}), "spec.tags[0]"),
+            (serde_json::json!({"tags": ["a", "a"]}), "listed twice"),
+            (
+                serde_json::json!({"tags": ["x".repeat(125)]}),
+                "over the registry limit",
+            ),
+            (
+                serde_json::json!({"builder": {"timeout": "45 minutes"}}),
+                "spec.builder.timeout",
+            ),
+            (
+                serde_json::json!({"platformOverrides": [{"platform": "linux/s390x"}]}),
+                "not one of spec.platforms",
+            ),
+            (
+                serde_json::json!({"source": {"git": {"url": "git@github.com:a/b.git"}}}),
+                "SSH URLs are not supported",
+            ),
+            (serde_json::json!({"retries": -1}), "spec.retries"),
+        ];
+        for (spec, want) in cases {
+            let err = check(spec.clone()).expect_err(&spec.to_string());
+            assert!(
+                err.0.contains(want),
+                "{spec}: {err} should mention {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_tag_is_fine_without_platform_tags() {
+        assert!(
+            check(serde_json::json!({"tags": ["x".repeat(125)], "platformTags": false})).is_ok()
+        );
+    }
+
+    #[test]
+    fn build_id_changes_with_build_inputs_and_rebuild_but_not_tags() {
+        let base = check(serde_json::json!({})).unwrap().build_id;
+        let tags_only = check(serde_json::json!({"tags": ["2.0.0"]}))
+            .unwrap()
+            .build_id;
+        assert_eq!(base, tags_only);
+        let args = check(serde_json::json!({"buildArgs": [{"name": "A", "value": "1"}]}))
+            .unwrap()
+            .build_id;
+        assert_ne!(base, args);
+        let mut obj = object(serde_json::json!({}));
+        obj.metadata.annotations = Some(BTreeMap::from([(
+            REBUILD_ANNOTATION.to_string(),
+            "x".to_string(),
+        )]));
+        let rebuilt = validate(&obj, &BuilderDefaults::default()).unwrap();
+        assert_ne!(base, rebuilt.build_id);
+        assert_eq!(rebuilt.rebuild.as_deref(), Some("x"));
+    }
+}
