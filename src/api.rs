@@ -20,6 +20,8 @@ pub const MAX_PRIMARY_TAG_LEN: usize = 96;
 
 /// A multi-architecture image: built natively on a node of each platform's CPU architecture and
 /// published as one verified OCI image index under every tag.
+// the printer columns repeat `type_ = "string"`, which is not a duplicated attribute
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "multiarch.dev",

@@ -8,10 +8,14 @@
 pub mod api;
 pub mod builder;
 pub mod config;
+pub mod controller;
+pub mod git;
+pub mod health;
 pub mod plan;
 pub mod platform;
 pub mod publish;
 pub mod reference;
+pub mod telemetry;
 pub mod validate;
 
 /// Installs the process-wide TLS crypto provider (ring). Every binary and test that opens a TLS

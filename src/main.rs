@@ -1,6 +1,12 @@
 //! The `multiarch-operator` binary: `run` (the controller), `crd` (print the CRD) and `publish`.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+use multiarch_operator::config::{parse_duration, BuilderDefaults, DEFAULT_BUILDER_IMAGE};
+use multiarch_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -15,10 +21,120 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller.
+    Run(Box<RunArgs>),
     /// Print the MultiArchImage CustomResourceDefinition (YAML).
     Crd,
     /// Assemble per-platform images into a verified OCI image index and push it to tags.
     Publish(multiarch_operator::publish::cli::PublishArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Namespace to watch (default: all namespaces).
+    #[arg(long, env = "MULTIARCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Objects reconciled at once.
+    #[arg(long, env = "MULTIARCH_CONCURRENCY", default_value_t = 4)]
+    concurrency: u16,
+    /// Default BuildKit image of builders (rootless).
+    #[arg(long, env = "MULTIARCH_BUILDER_IMAGE", default_value = DEFAULT_BUILDER_IMAGE)]
+    builder_image: String,
+    /// Default builder resource requests, as name=quantity (repeatable).
+    #[arg(
+        long = "builder-request",
+        env = "MULTIARCH_BUILDER_REQUESTS",
+        value_delimiter = ','
+    )]
+    builder_requests: Vec<String>,
+    /// Default node selector entries for builders, as key=value (repeatable).
+    #[arg(
+        long = "builder-node-selector",
+        env = "MULTIARCH_BUILDER_NODE_SELECTOR",
+        value_delimiter = ','
+    )]
+    builder_node_selector: Vec<String>,
+    /// Default per-attempt build timeout.
+    #[arg(long, env = "MULTIARCH_BUILD_TIMEOUT", default_value = "45m")]
+    build_timeout: String,
+    /// Default time a builder may wait for a node.
+    #[arg(long, env = "MULTIARCH_PROVISIONING_TIMEOUT", default_value = "15m")]
+    provisioning_timeout: String,
+    /// Builder pods lost to disruptions that are replaced per attempt.
+    #[arg(long, env = "MULTIARCH_MAX_DISRUPTIONS", default_value_t = 3)]
+    max_disruptions: i32,
+    /// How long finished builders are kept.
+    #[arg(long, env = "MULTIARCH_FINISHED_BUILDER_TTL", default_value = "1h")]
+    finished_builder_ttl: String,
+    /// Talk plain HTTP to registries.
+    #[arg(long, env = "MULTIARCH_REGISTRY_PLAIN_HTTP")]
+    registry_plain_http: bool,
+    /// Do not verify registries' TLS certificates.
+    #[arg(long, env = "MULTIARCH_REGISTRY_INSECURE")]
+    registry_insecure: bool,
+    /// Extra CA bundle (PEM) for registries.
+    #[arg(long, env = "MULTIARCH_REGISTRY_CA_FILE")]
+    registry_ca_file: Option<PathBuf>,
+    /// Address of /healthz and /readyz.
+    #[arg(long, env = "MULTIARCH_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    health_addr: SocketAddr,
+    /// Log level filter (for example info, or multiarch_operator=debug).
+    #[arg(long, env = "MULTIARCH_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, env = "MULTIARCH_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn pairs(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("{what} {s:?} must be key=value"))
+        })
+        .collect()
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(&args.log_level, args.log_format);
+    let mut defaults = BuilderDefaults {
+        image: args.builder_image,
+        timeout: parse_duration(&args.build_timeout)?,
+        provisioning_timeout: parse_duration(&args.provisioning_timeout)?,
+        max_disruptions: args.max_disruptions,
+        finished_ttl: parse_duration(&args.finished_builder_ttl)?,
+        node_selector: pairs(&args.builder_node_selector, "--builder-node-selector")?,
+        ..BuilderDefaults::default()
+    };
+    for (k, v) in pairs(&args.builder_requests, "--builder-request")? {
+        defaults.requests.insert(
+            k,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity(v),
+        );
+    }
+    let settings = multiarch_operator::controller::Settings {
+        namespaces: args.namespace.into_iter().collect(),
+        concurrency: args.concurrency,
+        defaults,
+        instance: std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "multiarch-operator".into()),
+        registry_plain_http: args.registry_plain_http,
+        registry_insecure: args.registry_insecure,
+        registry_ca_file: args.registry_ca_file,
+    };
+    let client = kube::Client::try_default().await?;
+    let readiness = multiarch_operator::health::Readiness::default();
+    let health = tokio::spawn(multiarch_operator::health::serve(
+        args.health_addr,
+        readiness.clone(),
+    ));
+    let result = multiarch_operator::controller::run(client, settings, readiness).await;
+    health.abort();
+    result
 }
 
 #[tokio::main]
@@ -26,6 +142,13 @@ async fn main() {
     multiarch_operator::install_crypto_provider();
     let cli = Cli::parse();
     let code = match cli.command {
+        Command::Run(args) => match run(*args).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("multiarch-operator: {e:#}");
+                1
+            }
+        },
         Command::Crd => {
             print!("{}", multiarch_operator::api::crd_yaml());
             0

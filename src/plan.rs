@@ -570,6 +570,63 @@ fn stalled_reason(status: &MultiArchImageStatus) -> Option<Reason> {
         .and_then(|c| serde_json::from_value(serde_json::Value::String(c.reason.clone())).ok())
 }
 
+/// The status of an object whose spec cannot succeed: `Failed`, `Stalled` with `InvalidSpec`.
+pub fn invalid_spec_status(
+    prev: &MultiArchImageStatus,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> MultiArchImageStatus {
+    let mut status = prev.clone();
+    status.observed_generation = generation;
+    status.phase = Some(Phase::Failed);
+    set_conditions(
+        &mut status,
+        prev,
+        Phase::Failed,
+        Reason::InvalidSpec,
+        message,
+        now,
+        generation,
+    );
+    status
+}
+
+/// Marks a platform whose builder was refused at admission (`BuilderRejected`), which fails the
+/// object: the builder is not created again for this build.
+pub fn record_rejected_builder(
+    status: &mut MultiArchImageStatus,
+    platform: &Platform,
+    message: &str,
+    now: Timestamp,
+) -> Vec<PlannedEvent> {
+    let prev = status.clone();
+    let text = truncate_tail(message, MAX_MESSAGE_LEN);
+    if let Some(p) = status
+        .platforms
+        .iter_mut()
+        .find(|p| p.platform == platform.to_string())
+    {
+        p.phase = PlatformPhase::Failed;
+        p.reason = Some(Reason::BuilderRejected);
+        p.message = Some(text.clone());
+        p.builder = None;
+    }
+    status.phase = Some(Phase::Failed);
+    let generation = status.observed_generation;
+    let msg = format!("{platform}: the builder was rejected: {text}");
+    set_conditions(
+        status,
+        &prev,
+        Phase::Failed,
+        Reason::BuilderRejected,
+        &msg,
+        now,
+        generation,
+    );
+    events_between(&prev, status)
+}
+
 /// What a publish attempt ended with.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PublishOutcome {

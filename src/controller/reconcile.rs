@@ -1,0 +1,436 @@
+//! One reconcile of one `MultiArchImage`: dereference (builders from the stores, the source,
+//! registry checks), validate, plan, act (create/stop/delete builders, publish), then patch the
+//! status if it changed and record Events for transitions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, instrument, warn};
+
+use super::observe::{observe, reported_digest, stopped_annotation, termination_message};
+use super::publishing;
+use super::{reset_backoff, Context, Error, FIELD_MANAGER};
+use crate::api::{MultiArchImage, MultiArchImageStatus, PlatformPhase};
+use crate::builder::{
+    render_job, BuilderInput, ANNOTATION_STOPPED, LABEL_BUILD, LABEL_IMAGE, LABEL_PLATFORM,
+};
+use crate::git::{self, GitCredentials, GitError};
+use crate::plan::{
+    self, invalid_spec_status, needs_source, record_publish, record_rejected_builder, Action,
+    BuilderObservation, Observed, PlannedEvent, SourceResolution,
+};
+use crate::validate::{validate, DesiredBuild};
+
+/// How often an object in progress is looked at even when nothing changes.
+const IN_PROGRESS_RESYNC: Duration = Duration::from_secs(300);
+
+#[instrument(skip_all, fields(namespace = obj.metadata.namespace.as_deref().unwrap_or_default(), object = obj.metadata.name.as_deref().unwrap_or_default(), generation = obj.metadata.generation.unwrap_or_default()))]
+pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = obj
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingMetadata)?;
+    let name = obj.metadata.name.clone().ok_or(Error::MissingMetadata)?;
+    if obj.metadata.deletion_timestamp.is_some() {
+        // builders are owned by the object: the garbage collector stops them; the registry is
+        // never touched
+        return Ok(Requeue::await_change());
+    }
+    let now = Timestamp::now();
+    let prev = obj.status.clone().unwrap_or_default();
+    let generation = obj.metadata.generation;
+
+    let desired = match validate(&obj, &ctx.settings.defaults) {
+        Ok(d) => d,
+        Err(invalid) => {
+            let status = invalid_spec_status(&prev, &invalid.0, generation, now);
+            let events = plan::events_between(&prev, &status);
+            write_status(&ctx, &obj, &prev, &status).await?;
+            emit(&ctx, &obj, &events).await;
+            reset_backoff(&ctx, &obj);
+            return Ok(Requeue::await_change());
+        }
+    };
+
+    let (jobs, pods) = builders_of(&ctx, &ns, &name);
+    let builders = observe_builders(&ctx, &obj, &desired, &prev, &jobs, &pods).await?;
+
+    let source = if needs_source(&desired, &prev, &builders) {
+        Some(resolve_source(&ctx, &obj).await?)
+    } else {
+        None
+    };
+
+    let plan = plan::plan(
+        &desired,
+        &Observed {
+            generation,
+            status: &prev,
+            builders: &builders,
+            source,
+            revision: &obj.spec.source.git.revision,
+            finished_ttl: ctx.settings.defaults.finished_ttl,
+        },
+        now,
+    );
+    let mut status = plan.status;
+    let mut events = plan.events;
+    for action in &plan.actions {
+        match action {
+            Action::CreateBuilder {
+                platform,
+                attempt,
+                commit,
+            } => {
+                let job = render_job(&BuilderInput {
+                    object: &obj,
+                    desired: &desired,
+                    platform,
+                    commit,
+                    attempt: *attempt,
+                    defaults: &ctx.settings.defaults,
+                });
+                if let Err(rejection) = create_builder(&ctx, &ns, &job).await? {
+                    warn!(platform = %platform, "builder rejected: {rejection}");
+                    events.extend(record_rejected_builder(
+                        &mut status,
+                        platform,
+                        &rejection,
+                        now,
+                    ));
+                } else if let Some(p) = status
+                    .platforms
+                    .iter_mut()
+                    .find(|p| p.platform == platform.to_string())
+                {
+                    p.builder = job.metadata.name.clone();
+                }
+            }
+            Action::StopBuilder {
+                name: job,
+                reason,
+                message,
+            } => {
+                let patch = serde_json::json!({
+                    "metadata": {"annotations": {ANNOTATION_STOPPED: stopped_annotation(*reason, message)}},
+                    "spec": {"suspend": true},
+                });
+                Api::<Job>::namespaced(ctx.client.clone(), &ns)
+                    .patch(job, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                info!(
+                    builder = job,
+                    reason = reason.as_str(),
+                    "stopped builder: {message}"
+                );
+            }
+            Action::DeleteBuilder { name: job } => {
+                let dp = DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Background),
+                    ..Default::default()
+                };
+                match Api::<Job>::namespaced(ctx.client.clone(), &ns)
+                    .delete(job, &dp)
+                    .await
+                {
+                    Ok(_) => info!(builder = job, "deleted builder"),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Action::Publish => {
+                // the status says Publishing before anything is written to the registry
+                write_status(&ctx, &obj, &prev, &status).await?;
+                let outcome = publishing::publish(&ctx, &obj, &desired, &status).await?;
+                events.extend(record_publish(
+                    &mut status,
+                    &desired,
+                    &outcome,
+                    Timestamp::now(),
+                ));
+            }
+        }
+    }
+
+    write_status(&ctx, &obj, &prev, &status).await?;
+    emit(&ctx, &obj, &events).await;
+    reset_backoff(&ctx, &obj);
+    let in_progress = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Reconciling" && c.status == "True");
+    Ok(match plan.requeue_after {
+        Some(d) => Requeue::requeue(if in_progress {
+            d.min(IN_PROGRESS_RESYNC)
+        } else {
+            d
+        }),
+        None if in_progress => Requeue::requeue(IN_PROGRESS_RESYNC),
+        None => Requeue::await_change(),
+    })
+}
+
+/// The builder Jobs and Pods of one object, from the reflector stores.
+fn builders_of(ctx: &Context, ns: &str, name: &str) -> (Vec<Job>, Vec<Pod>) {
+    let selector = crate::builder::object_selector(name);
+    let wanted = selector.get(LABEL_IMAGE).cloned().unwrap_or_default();
+    let mine = |meta: &kube::api::ObjectMeta| {
+        meta.namespace.as_deref() == Some(ns)
+            && meta.labels.as_ref().and_then(|l| l.get(LABEL_IMAGE)) == Some(&wanted)
+    };
+    let jobs = ctx
+        .jobs
+        .state()
+        .iter()
+        .filter(|j| mine(&j.metadata))
+        .map(|j| (**j).clone())
+        .collect();
+    let pods = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| mine(&p.metadata))
+        .map(|p| (**p).clone())
+        .collect();
+    (jobs, pods)
+}
+
+/// Observes every builder; a builder of the current build that completed has its reported digest
+/// checked in the registry (once: a platform already `Built` with that digest is not checked
+/// again).
+async fn observe_builders(
+    ctx: &Context,
+    obj: &MultiArchImage,
+    desired: &DesiredBuild,
+    prev: &MultiArchImageStatus,
+    jobs: &[Job],
+    pods: &[Pod],
+) -> Result<Vec<BuilderObservation>, Error> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let completed = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    matches!(c.type_.as_str(), "Complete" | "SuccessCriteriaMet")
+                        && c.status == "True"
+                })
+            });
+        let current = job.labels().get(LABEL_BUILD) == Some(&desired.build_id);
+        let check = if completed && current {
+            let reported = termination_message(job, pods)
+                .as_deref()
+                .and_then(reported_digest);
+            match reported {
+                None => None,
+                Some(digest) => {
+                    let platform = job
+                        .labels()
+                        .get(LABEL_PLATFORM)
+                        .cloned()
+                        .unwrap_or_default();
+                    let known = prev
+                        .build
+                        .as_ref()
+                        .is_some_and(|b| b.id == desired.build_id)
+                        && prev.platforms.iter().any(|p| {
+                            p.phase == PlatformPhase::Built
+                                && p.digest.as_deref() == Some(digest.as_str())
+                                && p.platform
+                                    .parse()
+                                    .map(|q| crate::builder::platform_label(&q))
+                                    == Ok(platform.clone())
+                        });
+                    if known {
+                        Some(Ok(digest))
+                    } else {
+                        Some(publishing::verify_pushed(ctx, obj, desired, &digest).await?)
+                    }
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(o) = observe(job, pods, check) {
+            out.push(o);
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves the revision; a network failure is an error (retried with backoff), a missing
+/// revision or denied access becomes `SourceUnavailable`.
+async fn resolve_source(ctx: &Context, obj: &MultiArchImage) -> Result<SourceResolution, Error> {
+    let git = &obj.spec.source.git;
+    let credentials = match &git.secret_ref {
+        None => None,
+        Some(r) => {
+            let ns = obj.namespace().unwrap_or_default();
+            match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&r.name)
+                .await?
+            {
+                None => {
+                    return Ok(SourceResolution::Unavailable(format!(
+                        "source.git.secretRef: Secret {ns}/{} not found",
+                        r.name
+                    )))
+                }
+                Some(secret) => Some(git_credentials(&secret)),
+            }
+        }
+    };
+    match git::resolve(&git.url, &git.revision, credentials.as_ref()).await {
+        Ok(commit) => {
+            info!(revision = git.revision, commit, "resolved source");
+            Ok(SourceResolution::Resolved(commit))
+        }
+        Err(GitError::Unavailable(msg)) => Ok(SourceResolution::Unavailable(msg)),
+        Err(e @ GitError::Transient(_)) => Err(Error::Source(e.to_string())),
+    }
+}
+
+fn git_credentials(secret: &Secret) -> GitCredentials {
+    let get = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+    };
+    match get("token") {
+        Some(token) => GitCredentials {
+            username: get("username").unwrap_or_else(|| "x-access-token".into()),
+            password: token,
+        },
+        None => GitCredentials {
+            username: get("username").unwrap_or_default(),
+            password: get("password").unwrap_or_default(),
+        },
+    }
+}
+
+/// Creates a builder Job. First its pod is created with `dryRun`, so that Pod Security
+/// admission (or any policy) that would refuse the Job's pods answers now, with its message,
+/// instead of leaving the Job without pods. Returns `Ok(Err(message))` for a rejection.
+async fn create_builder(ctx: &Context, ns: &str, job: &Job) -> Result<Result<(), String>, Error> {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), ns);
+    if jobs.get_opt(&name).await?.is_some() {
+        return Ok(Ok(()));
+    }
+    let template = job
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!(
+                "{}-admission",
+                name.chars().take(53).collect::<String>()
+            )),
+            namespace: Some(ns.to_string()),
+            labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
+            annotations: template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.clone()),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    };
+    let dry = PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    match Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .create(&dry, &pod)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e))
+            if (e.code == 403 && !e.message.contains("cannot create resource"))
+                || e.code == 422
+                || e.code == 400 =>
+        {
+            return Ok(Err(e.message));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let pp = PostParams {
+        dry_run: false,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    match jobs.create(&pp, job).await {
+        Ok(_) => {
+            info!(builder = name, "created builder");
+            Ok(Ok(()))
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(())),
+        Err(kube::Error::Api(e))
+            if (e.code == 403 && !e.message.contains("cannot create resource"))
+                || e.code == 422 =>
+        {
+            Ok(Err(e.message))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Server-side applies the status when it changed.
+async fn write_status(
+    ctx: &Context,
+    obj: &MultiArchImage,
+    prev: &MultiArchImageStatus,
+    status: &MultiArchImageStatus,
+) -> Result<(), Error> {
+    if prev == status {
+        return Ok(());
+    }
+    let api: Api<MultiArchImage> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "multiarch.dev/v1alpha1",
+        "kind": "MultiArchImage",
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn emit(ctx: &Context, obj: &MultiArchImage, events: &[PlannedEvent]) {
+    let reference = obj.object_ref(&());
+    for e in events {
+        let event = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.as_str().to_string(),
+            note: Some(plan::truncate_tail(&e.note, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            warn!("cannot record event: {err}");
+        }
+    }
+}
