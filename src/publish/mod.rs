@@ -1,2 +1,702 @@
-//! Publishing: verify per-platform images and push a combined OCI image index to tags.
+//! Publishing: verifies per-platform images and pushes them as one OCI image index to tags.
+//!
+//! The engine works in two phases so that nothing is written before everything is checked:
+//!
+//! ```text
+//! sources --prepare--> PublishPlan --tag_image (optional, per platform)--> --write--> tags
+//!          reads only:               copies into the target repository,   index by digest,
+//!          manifests, configs,       then the image manifest to a tag     then each tag in order
+//!          platforms, duplicates
+//! ```
+//!
+//! [`Publisher::prepare`] reads every source manifest and image config, takes each image's
+//! platform from its config (never from a label), flattens sources that are indexes (an image
+//! plus its attestations, or several platforms), and assembles the index; it writes nothing.
+//! [`Publisher::write`] copies sources from other repositories of the registry into the target
+//! repository, pushes the index by digest, then to each tag in order, and reports the tags written
+//! when it stops part-way ([`PartialWrite`]).
+
 pub mod cli;
+pub mod credentials;
+mod error;
+pub mod index;
+pub mod registry;
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use tracing::{debug, info};
+
+pub use credentials::{Credential, DockerConfig};
+pub use error::{PartialWrite, PlatformClaim, PublishError};
+pub use index::IndexFormat;
+pub use registry::{Registry, RegistryConfig, RegistryError, RetryPolicy};
+
+use crate::platform::Platform;
+use crate::reference::{Digest, Reference, ReferenceError, Repository, Tag};
+use index::{
+    AssembledIndex, BlobDescriptor, ChildKind, ImageManifest, ImagePlatform, IndexEntry,
+    IndexManifest, ManifestDescriptor, ManifestError, ParsedManifest,
+};
+use registry::{FetchedManifest, ManifestTarget};
+
+/// An image (or an index) to publish: a reference, and optionally the platform it must be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub reference: Reference,
+    /// When set, the image's config must say this platform (`linux/arm64` matches
+    /// `linux/arm64/v8`); for a source index of several platforms, the image of this platform
+    /// is taken from it.
+    pub platform: Option<Platform>,
+}
+
+impl Source {
+    /// A source with an expected platform.
+    pub fn new(reference: Reference, platform: Option<Platform>) -> Self {
+        Source {
+            reference,
+            platform,
+        }
+    }
+}
+
+/// Why a `SOURCE` argument could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Platform(#[from] crate::platform::PlatformError),
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+}
+
+impl FromStr for Source {
+    type Err = SourceError;
+
+    /// `REF` or `PLATFORM=REF` (for example `linux/arm64=reg/app@sha256:...`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((platform, reference)) => Ok(Source {
+                platform: Some(platform.parse()?),
+                reference: reference.parse()?,
+            }),
+            None => Ok(Source {
+                platform: None,
+                reference: s.parse()?,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = &self.platform {
+            write!(f, "{p}=")?;
+        }
+        write!(f, "{}", self.reference)
+    }
+}
+
+/// A manifest to list in the index (an image or an attestation), as read, with what is needed
+/// to copy it into the target repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedManifest {
+    repository: Repository,
+    digest: Digest,
+    media_type: String,
+    bytes: Bytes,
+    blobs: Vec<BlobDescriptor>,
+}
+
+impl PlannedManifest {
+    /// The repository it was read from.
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    pub fn media_type(&self) -> &str {
+        &self.media_type
+    }
+
+    /// Size of the manifest in bytes.
+    pub fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Where it was read from, `repository@digest`.
+    pub fn reference(&self) -> Reference {
+        self.repository.with_digest(self.digest.clone())
+    }
+
+    fn descriptor(&self) -> ManifestDescriptor {
+        ManifestDescriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.size(),
+        }
+    }
+}
+
+/// A verified image of the plan: its manifest, its platform (from its config) and the
+/// attestation manifests about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedImage {
+    source: Source,
+    manifest: PlannedManifest,
+    platform: ImagePlatform,
+    attestations: Vec<PlannedManifest>,
+}
+
+impl PlannedImage {
+    /// The source it came from (an image, or an index it was flattened from).
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The image manifest's digest.
+    pub fn digest(&self) -> &Digest {
+        &self.manifest.digest
+    }
+
+    /// The platform, as the image's config states it.
+    pub fn platform(&self) -> &Platform {
+        &self.platform.platform
+    }
+
+    /// The platform with `os.version` and `os.features`.
+    pub fn image_platform(&self) -> &ImagePlatform {
+        &self.platform
+    }
+
+    /// The image manifest.
+    pub fn manifest(&self) -> &PlannedManifest {
+        &self.manifest
+    }
+
+    /// The attestation manifests about this image, in the order of their index.
+    pub fn attestations(&self) -> &[PlannedManifest] {
+        &self.attestations
+    }
+
+    fn name(&self) -> String {
+        let at = self.manifest.reference().to_string();
+        if self.source.reference.to_string() == at {
+            at
+        } else {
+            format!("{at} (from {})", self.source.reference)
+        }
+    }
+}
+
+/// Everything checked, nothing written: the verified images and the exact index to push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishPlan {
+    target: Repository,
+    images: Vec<PlannedImage>,
+    index: AssembledIndex,
+}
+
+impl PublishPlan {
+    /// The repository the index is published to.
+    pub fn target(&self) -> &Repository {
+        &self.target
+    }
+
+    /// The index digest (the same for the same sources, whatever the tags).
+    pub fn digest(&self) -> &Digest {
+        &self.index.digest
+    }
+
+    /// The index media type.
+    pub fn media_type(&self) -> &str {
+        self.index.media_type
+    }
+
+    /// The exact index bytes that will be pushed.
+    pub fn index_bytes(&self) -> &[u8] {
+        &self.index.bytes
+    }
+
+    /// The verified images, in index order.
+    pub fn images(&self) -> &[PlannedImage] {
+        &self.images
+    }
+
+    /// The image of `platform` (`linux/arm64` matches `linux/arm64/v8`).
+    pub fn image_for(&self, platform: &Platform) -> Option<&PlannedImage> {
+        self.images.iter().find(|i| i.platform().matches(platform))
+    }
+}
+
+/// The publishing engine.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    registry: Registry,
+}
+
+impl Publisher {
+    /// An engine over `registry`.
+    pub fn new(registry: Registry) -> Self {
+        Publisher { registry }
+    }
+
+    /// An engine with a new registry client.
+    // the error is built once, at start-up: its size does not matter
+    #[allow(clippy::result_large_err)]
+    pub fn from_config(
+        config: RegistryConfig,
+        credentials: DockerConfig,
+    ) -> Result<Self, PublishError> {
+        Ok(Publisher::new(
+            Registry::new(config, credentials).map_err(PublishError::Setup)?,
+        ))
+    }
+
+    /// The registry adapter (for example to check that a builder's pushed digest exists with
+    /// [`Registry::manifest_digest_exists`]).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Reads and checks everything needed to publish `sources` as one index in `target`, and
+    /// writes nothing: every source manifest and image config is read, each image's platform is
+    /// taken from its config and checked against the platform it was given as (and the one an
+    /// index lists it as), indexes are flattened with their attestations, two images of one
+    /// platform are refused, and the index is assembled.
+    pub async fn prepare(
+        &self,
+        sources: &[Source],
+        target: &Repository,
+        format: IndexFormat,
+    ) -> Result<PublishPlan, PublishError> {
+        for source in sources {
+            if source.reference.repository.registry() != target.registry() {
+                return Err(PublishError::OtherRegistry {
+                    reference: source.reference.to_string(),
+                    registry: target.registry().to_string(),
+                });
+            }
+        }
+        self.registry
+            .check_push_access(target)
+            .await
+            .map_err(|error| PublishError::Access {
+                repository: target.to_string(),
+                error,
+            })?;
+        let mut images: Vec<PlannedImage> = Vec::new();
+        for source in sources {
+            images.extend(self.verify_source(source).await?);
+        }
+        for (i, image) in images.iter().enumerate() {
+            if let Some(first) = images[..i]
+                .iter()
+                .find(|other| other.platform().matches(image.platform()))
+            {
+                return Err(PublishError::DuplicatePlatform {
+                    platform: image.platform().clone(),
+                    first: first.name(),
+                    second: image.name(),
+                });
+            }
+        }
+        let mut entries = Vec::new();
+        for image in &images {
+            entries.push(IndexEntry::Image {
+                descriptor: image.manifest.descriptor(),
+                platform: image.platform.clone(),
+            });
+            for attestation in &image.attestations {
+                entries.push(IndexEntry::Attestation {
+                    descriptor: attestation.descriptor(),
+                    subject: image.manifest.digest.clone(),
+                });
+            }
+        }
+        let index = index::assemble(&entries, format).map_err(PublishError::Index)?;
+        info!(target = %target, digest = %index.digest, images = images.len(), "index prepared");
+        Ok(PublishPlan {
+            target: target.clone(),
+            images,
+            index,
+        })
+    }
+
+    /// Reads one source and verifies its image(s): the images it contributes to an index, each
+    /// with its platform from its config and its attestations. Writes nothing.
+    pub async fn verify_source(&self, source: &Source) -> Result<Vec<PlannedImage>, PublishError> {
+        let fetched = self.fetch(&source.reference).await?;
+        let name = source.reference.to_string();
+        let parsed = index::parse_manifest(&fetched.bytes).map_err(|error| {
+            PublishError::InvalidManifest {
+                reference: name.clone(),
+                error,
+            }
+        })?;
+        let repo = &source.reference.repository;
+        match parsed {
+            ParsedManifest::Image(manifest) => {
+                let (planned, platform) = self.verify_image(repo, fetched, manifest).await?;
+                if let Some(expected) = &source.platform {
+                    if !expected.matches(&platform.platform) {
+                        return Err(PublishError::PlatformMismatch {
+                            image: planned.reference().to_string(),
+                            actual: platform.platform,
+                            expected: expected.clone(),
+                            claim: PlatformClaim::Given,
+                        });
+                    }
+                }
+                debug!(source = %source, platform = %platform, digest = %planned.digest, "image verified");
+                Ok(vec![PlannedImage {
+                    source: source.clone(),
+                    manifest: planned,
+                    platform,
+                    attestations: Vec::new(),
+                }])
+            }
+            ParsedManifest::Index(index) => self.flatten(source, &fetched.digest, index).await,
+        }
+    }
+
+    async fn fetch(&self, reference: &Reference) -> Result<FetchedManifest, PublishError> {
+        self.registry
+            .fetch_manifest(reference)
+            .await
+            .map_err(|error| match error.is_not_found() {
+                true => PublishError::SourceNotFound {
+                    reference: reference.to_string(),
+                },
+                false => PublishError::ReadManifest {
+                    reference: reference.to_string(),
+                    error,
+                },
+            })
+    }
+
+    /// Reads an image's config and returns the manifest to plan with its platform.
+    async fn verify_image(
+        &self,
+        repo: &Repository,
+        fetched: FetchedManifest,
+        manifest: ImageManifest,
+    ) -> Result<(PlannedManifest, ImagePlatform), PublishError> {
+        let image = repo.with_digest(fetched.digest.clone()).to_string();
+        let config = self
+            .registry
+            .fetch_blob(repo, &manifest.config)
+            .await
+            .map_err(|error| PublishError::ReadConfig {
+                image: image.clone(),
+                config: manifest.config.digest.clone(),
+                error,
+            })?;
+        let platform =
+            ImagePlatform::from_config(&config).map_err(|error| PublishError::InvalidManifest {
+                reference: image,
+                error,
+            })?;
+        Ok((planned(repo, fetched, manifest), platform))
+    }
+
+    /// Reads a manifest an index lists, checking it is what the index says (size, media type)
+    /// and an image manifest.
+    async fn fetch_child(
+        &self,
+        repo: &Repository,
+        index_name: &str,
+        descriptor: &ManifestDescriptor,
+    ) -> Result<(FetchedManifest, ImageManifest), PublishError> {
+        let reference = repo.with_digest(descriptor.digest.clone());
+        let fetched = self.fetch(&reference).await?;
+        let invalid = |error| PublishError::InvalidManifest {
+            reference: reference.to_string(),
+            error,
+        };
+        if fetched.bytes.len() as u64 != descriptor.size {
+            return Err(invalid(ManifestError::Invalid(format!(
+                "it is {} bytes, but index {index_name} says {}",
+                fetched.bytes.len(),
+                descriptor.size
+            ))));
+        }
+        match index::parse_manifest(&fetched.bytes).map_err(invalid)? {
+            ParsedManifest::Image(m) => Ok((fetched, m)),
+            ParsedManifest::Index(_) => Err(PublishError::NestedIndex {
+                index: index_name.to_string(),
+                nested: descriptor.digest.clone(),
+            }),
+        }
+    }
+
+    /// Flattens a source index: its images (each verified against its config, and against the
+    /// platform the index lists it as), the one of the expected platform when one is given, and
+    /// the attestations of the images taken.
+    async fn flatten(
+        &self,
+        source: &Source,
+        digest: &Digest,
+        index: IndexManifest,
+    ) -> Result<Vec<PlannedImage>, PublishError> {
+        let repo = &source.reference.repository;
+        let index_name = source.reference.to_string();
+        let mut images: Vec<PlannedImage> = Vec::new();
+        let mut attestations: Vec<(ManifestDescriptor, Digest)> = Vec::new();
+        for child in index.manifests {
+            match child.kind {
+                ChildKind::Index => {
+                    return Err(PublishError::NestedIndex {
+                        index: index_name,
+                        nested: child.descriptor.digest,
+                    })
+                }
+                ChildKind::Attestation { subject } => {
+                    attestations.push((child.descriptor, subject))
+                }
+                ChildKind::Image => {
+                    let (fetched, manifest) = self
+                        .fetch_child(repo, &index_name, &child.descriptor)
+                        .await?;
+                    let (planned, platform) = self.verify_image(repo, fetched, manifest).await?;
+                    if let Some(listed) = &child.platform {
+                        if !listed.platform.matches(&platform.platform) {
+                            return Err(PublishError::PlatformMismatch {
+                                image: planned.reference().to_string(),
+                                actual: platform.platform,
+                                expected: listed.platform.clone(),
+                                claim: PlatformClaim::ListedBy(index_name),
+                            });
+                        }
+                    }
+                    images.push(PlannedImage {
+                        source: source.clone(),
+                        manifest: planned,
+                        platform,
+                        attestations: Vec::new(),
+                    });
+                }
+            }
+        }
+        if images.is_empty() {
+            return Err(PublishError::EmptyIndex { index: index_name });
+        }
+        for (attestation, subject) in &attestations {
+            if !images.iter().any(|i| i.digest() == subject) {
+                return Err(PublishError::OrphanAttestation {
+                    index: index_name,
+                    attestation: attestation.digest.clone(),
+                    subject: subject.clone(),
+                });
+            }
+        }
+        if let Some(expected) = &source.platform {
+            if images.len() == 1 {
+                if !expected.matches(images[0].platform()) {
+                    return Err(PublishError::PlatformMismatch {
+                        image: images[0].name(),
+                        actual: images[0].platform().clone(),
+                        expected: expected.clone(),
+                        claim: PlatformClaim::Given,
+                    });
+                }
+            } else {
+                let available: Vec<String> =
+                    images.iter().map(|i| i.platform().to_string()).collect();
+                images.retain(|i| expected.matches(i.platform()));
+                if images.is_empty() {
+                    return Err(PublishError::PlatformNotInIndex {
+                        index: index_name,
+                        expected: expected.clone(),
+                        available: available.join(", "),
+                    });
+                }
+            }
+        }
+        for (descriptor, subject) in attestations {
+            let Some(image) = images.iter_mut().find(|i| i.digest() == &subject) else {
+                debug!(index = %index_name, attestation = %descriptor.digest, "attestation of an image not taken, left out");
+                continue;
+            };
+            let (fetched, manifest) = self.fetch_child(repo, &index_name, &descriptor).await?;
+            image.attestations.push(planned(repo, fetched, manifest));
+        }
+        debug!(source = %source, index = %digest, images = images.len(), "index flattened");
+        Ok(images)
+    }
+
+    /// Makes `manifest` (and its blobs) available in `target`; nothing when it was read from
+    /// there or is there already.
+    async fn copy_into(
+        &self,
+        target: &Repository,
+        manifest: &PlannedManifest,
+    ) -> Result<(), PublishError> {
+        if &manifest.repository == target {
+            return Ok(());
+        }
+        let copy_error = |error| PublishError::CopyManifest {
+            digest: manifest.digest.clone(),
+            from: manifest.repository.to_string(),
+            to: target.to_string(),
+            error,
+        };
+        if self
+            .registry
+            .manifest_digest_exists(target, &manifest.digest)
+            .await
+            .map_err(copy_error)?
+        {
+            return Ok(());
+        }
+        for blob in &manifest.blobs {
+            self.registry
+                .copy_blob(&manifest.repository, target, blob)
+                .await
+                .map_err(|error| PublishError::CopyBlob {
+                    digest: blob.digest.clone(),
+                    from: manifest.repository.to_string(),
+                    to: target.to_string(),
+                    error,
+                })?;
+        }
+        self.registry
+            .push_manifest(
+                target,
+                &ManifestTarget::Digest(manifest.digest.clone()),
+                &manifest.bytes,
+                &manifest.media_type,
+            )
+            .await
+            .map_err(copy_error)?;
+        info!(digest = %manifest.digest, from = %manifest.repository, to = %target, "manifest copied");
+        Ok(())
+    }
+
+    /// Pushes one verified image manifest of `plan` to `tag` in the plan's target repository
+    /// (a per-platform tag such as `1.0.0-arm64`), copying it there first if needed.
+    pub async fn tag_image(
+        &self,
+        plan: &PublishPlan,
+        image: &PlannedImage,
+        tag: &Tag,
+    ) -> Result<Digest, PublishError> {
+        self.copy_into(&plan.target, &image.manifest).await?;
+        let reference = plan.target.with_tag(tag.clone());
+        let digest = self
+            .registry
+            .push_manifest(
+                &plan.target,
+                &ManifestTarget::Tag(tag.clone()),
+                &image.manifest.bytes,
+                &image.manifest.media_type,
+            )
+            .await
+            .map_err(|error| PublishError::PushManifest {
+                what: format!("the {} image", image.platform()),
+                reference: reference.to_string(),
+                error,
+            })?;
+        info!(tag = %reference, digest = %digest, platform = %image.platform(), "image tagged");
+        Ok(digest)
+    }
+
+    /// Publishes a prepared plan: copies images and attestations read from other repositories
+    /// into the target repository, pushes the index by digest, then to each tag in order. On
+    /// failure, [`PartialWrite::written`] lists the tags written before it.
+    pub async fn write(&self, plan: &PublishPlan, tags: &[Tag]) -> Result<Digest, PartialWrite> {
+        let nothing_tagged = |error| PartialWrite {
+            written: Vec::new(),
+            error,
+        };
+        for image in &plan.images {
+            self.copy_into(&plan.target, &image.manifest)
+                .await
+                .map_err(nothing_tagged)?;
+            for attestation in &image.attestations {
+                self.copy_into(&plan.target, attestation)
+                    .await
+                    .map_err(nothing_tagged)?;
+            }
+        }
+        let bytes = Bytes::copy_from_slice(&plan.index.bytes);
+        let push = |target: ManifestTarget| {
+            let bytes = bytes.clone();
+            async move {
+                let reference = match &target {
+                    ManifestTarget::Tag(t) => plan.target.with_tag(t.clone()),
+                    ManifestTarget::Digest(d) => plan.target.with_digest(d.clone()),
+                };
+                self.registry
+                    .push_manifest(&plan.target, &target, &bytes, plan.index.media_type)
+                    .await
+                    .map_err(|error| PublishError::PushManifest {
+                        what: "the index".into(),
+                        reference: reference.to_string(),
+                        error,
+                    })
+            }
+        };
+        push(ManifestTarget::Digest(plan.index.digest.clone()))
+            .await
+            .map_err(nothing_tagged)?;
+        info!(index = %plan.target.with_digest(plan.index.digest.clone()), "index pushed");
+        let mut written = Vec::new();
+        for tag in tags {
+            if let Err(error) = push(ManifestTarget::Tag(tag.clone())).await {
+                return Err(PartialWrite { written, error });
+            }
+            info!(tag = %plan.target.with_tag(tag.clone()), digest = %plan.index.digest, "index tagged");
+            written.push(tag.clone());
+        }
+        Ok(plan.index.digest.clone())
+    }
+}
+
+fn planned(
+    repo: &Repository,
+    fetched: FetchedManifest,
+    manifest: ImageManifest,
+) -> PlannedManifest {
+    PlannedManifest {
+        repository: repo.clone(),
+        digest: fetched.digest,
+        media_type: manifest.media_type.clone(),
+        bytes: fetched.bytes,
+        blobs: manifest.blobs().cloned().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse_with_and_without_a_platform() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let s: Source = format!("linux/arm64=reg.example.com/app@{d}")
+            .parse()
+            .unwrap();
+        assert_eq!(s.platform, Some("linux/arm64".parse().unwrap()));
+        assert_eq!(s.reference.digest.as_ref().unwrap().as_str(), d);
+        assert_eq!(
+            s.to_string(),
+            format!("linux/arm64=reg.example.com/app@{d}")
+        );
+        let s: Source = "127.0.0.1:5001/team/app:1.0-amd64".parse().unwrap();
+        assert_eq!(s.platform, None);
+        assert_eq!(s.reference.repository.registry(), "127.0.0.1:5001");
+        for bad in [
+            "linux=reg.example.com/app:1",
+            "linux/arm64=",
+            "reg.example.com/app",
+            "=reg.example.com/app:1",
+            "linux/arm64=reg.example.com/App:1",
+        ] {
+            assert!(bad.parse::<Source>().is_err(), "{bad} should be rejected");
+        }
+    }
+}
