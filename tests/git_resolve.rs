@@ -1,6 +1,7 @@
 //! Revision resolution against a real `git daemon` serving a repository made by the real `git`.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -29,7 +30,8 @@ struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // git-daemon forks; end its whole process group
+        let _ = Command::new("kill").arg("--").arg(format!("-{}", self.0.id())).status();
         let _ = self.0.wait();
     }
 }
@@ -72,6 +74,7 @@ async fn branches_tags_and_head_resolve_to_the_commits_git_reports() {
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", root.path().display()))
             .arg(root.path())
+            .process_group(0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
