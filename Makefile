@@ -1,0 +1,39 @@
+# The targets CI runs are the ones the README gives: `make test` runs everything.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: test unit lint crds check-crds e2e demo down tools
+
+## test: lint, unit and registry/git integration tests, then the end-to-end suite
+test: lint unit e2e
+
+## unit: the pure core, plus integration tests against a real registry and a real git daemon
+unit:
+	e2e/registry/install.sh
+	$(CARGO) test --all-targets
+
+## lint: formatting, clippy, and crds/ equal to `multiarch-operator crd`
+lint: check-crds
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+crds:
+	$(CARGO) run -q -- crd > crds/multiarchimages.multiarch.dev.yaml
+
+check-crds:
+	diff -u crds/multiarchimages.multiarch.dev.yaml <($(CARGO) run -q -- crd)
+
+## tools: build (or find cached) the Go-built control plane, kwok, helm, crane, BuildKit
+tools:
+	e2e/tools/build.sh
+
+## e2e: the end-to-end suite on a real control plane (skipped with a notice until e2e/run.sh exists)
+e2e:
+	@if [ -x e2e/run.sh ]; then e2e/run.sh; else echo "e2e: e2e/run.sh not present yet"; fi
+
+## demo: a local control plane, registry, the operator and a sample MultiArchImage
+demo:
+	e2e/demo.sh
+
+down:
+	e2e/env.sh down
