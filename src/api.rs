@@ -62,11 +62,13 @@ pub struct MultiArchImageSpec {
 
     /// Build arguments passed to the Dockerfile (`ARG`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub build_args: Vec<BuildArg>,
 
     /// The multi-stage build target; empty builds the last stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub target: Option<String>,
 
     /// The repository to publish to, with no tag and no digest (for example
@@ -134,13 +136,14 @@ pub struct Source {
 
     /// The build context, a directory relative to the repository root.
     #[serde(default = "default_context_dir")]
+    #[schemars(length(max = 1024))]
     #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..')").message("contextDir must be a relative path inside the repository"))]
     pub context_dir: String,
 
     /// The Dockerfile, relative to the context directory.
     #[serde(default = "default_dockerfile")]
     #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..')").message("dockerfile must be a relative path inside the context"))]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 1024))]
     pub dockerfile: String,
 }
 
@@ -194,6 +197,7 @@ pub struct BuildArg {
     pub name: String,
     /// The argument's value.
     #[serde(default)]
+    #[schemars(length(max = 4096))]
     pub value: String,
 }
 
@@ -211,11 +215,13 @@ pub struct BuilderSpec {
 
     /// Longest time one attempt may build, counted from the builder's start (for example `45m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != ''").message("timeout must be a duration like 45m, 1h30m or 90s"))]
     pub timeout: Option<String>,
 
     /// Longest time a builder may wait for a node of its architecture (for example `15m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != ''").message("provisioningTimeout must be a duration like 15m"))]
     pub provisioning_timeout: Option<String>,
 

@@ -1,0 +1,3 @@
+module example.com/apiping
+
+go 1.22
