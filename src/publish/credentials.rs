@@ -26,10 +26,20 @@ pub enum Credential {
     #[default]
     Anonymous,
     /// A user name and password (or access token used as a password).
-    Basic { username: String, password: String },
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password or access token.
+        password: String,
+    },
     /// An identity token (`identitytoken`, or a helper's `<token>` user): an OAuth2 refresh
     /// token, sent to the registry's token service as the password of `username`.
-    IdentityToken { username: String, token: String },
+    IdentityToken {
+        /// The user name sent with the token (`<token>` when none is known).
+        username: String,
+        /// The identity (refresh) token.
+        token: String,
+    },
     /// A bearer token sent to the registry as is (`registrytoken`).
     RegistryToken(String),
 }
@@ -50,22 +60,38 @@ impl fmt::Debug for Credential {
 /// Why credentials could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    /// The config file could not be read.
     #[error("cannot read Docker config {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What failed.
         source: std::io::Error,
     },
+    /// The config is not valid JSON of the expected shape.
     #[error("invalid Docker config{}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     Parse {
+        /// The file, when read from one.
         path: Option<PathBuf>,
+        /// What is wrong.
         reason: String,
     },
+    /// An `auths` entry cannot be decoded.
     #[error("invalid auth entry for {registry} in the Docker config: {reason}")]
-    InvalidAuth { registry: String, reason: String },
+    InvalidAuth {
+        /// The `auths` key.
+        registry: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The credential helper failed.
     #[error("credential helper docker-credential-{helper} failed for {registry}: {reason}")]
     Helper {
+        /// The helper name (`docker-credential-<helper>`).
         helper: String,
+        /// The registry asked about.
         registry: String,
+        /// What failed.
         reason: String,
     },
 }

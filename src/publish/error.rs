@@ -37,69 +37,107 @@ pub enum PublishError {
     #[error(
         "{reference} is not in registry {registry}: all sources and tags must be in one registry"
     )]
-    OtherRegistry { reference: String, registry: String },
+    OtherRegistry {
+        /// The source.
+        reference: String,
+        /// The target's registry.
+        registry: String,
+    },
     /// The registry refused access to the target repository.
     #[error("cannot access {repository}: {error}")]
     Access {
+        /// The target repository.
         repository: String,
+        /// The registry's answer.
         error: RegistryError,
     },
     /// A source (or a manifest an index lists) does not exist.
     #[error("{reference} not found in the registry")]
-    SourceNotFound { reference: String },
+    SourceNotFound {
+        /// The missing manifest.
+        reference: String,
+    },
     /// A source manifest could not be read.
     #[error("cannot read {reference}: {error}")]
     ReadManifest {
+        /// The manifest.
         reference: String,
+        /// The registry's answer.
         error: RegistryError,
     },
     /// An image's config could not be read.
     #[error("cannot read the config {config} of image {image}: {error}")]
     ReadConfig {
+        /// The image (`repository@digest`).
         image: String,
+        /// The config blob.
         config: Digest,
+        /// The registry's answer.
         error: RegistryError,
     },
     /// A manifest or config that cannot be published (schema 1, unknown media type, no
     /// platform in its config, inconsistent sizes).
     #[error("{reference} cannot be published: {error}")]
     InvalidManifest {
+        /// The manifest (or image).
         reference: String,
+        /// What is wrong with it.
         error: ManifestError,
     },
     /// An image's config says another platform than the one it was given as, or listed as.
     #[error("image {image} is {actual} according to its config, but {claim} {expected}")]
     PlatformMismatch {
+        /// The image (`repository@digest`, with the source it came from).
         image: String,
+        /// The platform its config states.
         actual: Platform,
+        /// The platform it was given or listed as.
         expected: Platform,
+        /// Who claimed `expected`.
         claim: PlatformClaim,
     },
     /// A source index of several platforms has none of the platform it was given as.
     #[error("index {index} has no image for {expected} (its images are {available})")]
     PlatformNotInIndex {
+        /// The source index.
         index: String,
+        /// The platform asked for.
         expected: Platform,
+        /// The platforms the index has, comma-separated.
         available: String,
     },
     /// A source index lists another index.
     #[error("index {index} lists another index, {nested}: nested indexes are not supported, give the inner index as a source instead")]
-    NestedIndex { index: String, nested: Digest },
+    NestedIndex {
+        /// The source index.
+        index: String,
+        /// The index it lists.
+        nested: Digest,
+    },
     /// A source index lists no image.
     #[error("index {index} lists no image")]
-    EmptyIndex { index: String },
+    EmptyIndex {
+        /// The source index.
+        index: String,
+    },
     /// A source index lists an attestation of an image it does not list.
     #[error("index {index} lists attestation manifest {attestation} about image {subject}, which it does not list")]
     OrphanAttestation {
+        /// The source index.
         index: String,
+        /// The attestation manifest.
         attestation: Digest,
+        /// The image it is about.
         subject: Digest,
     },
     /// Two images of one platform.
     #[error("two images for {platform}: {first} and {second}")]
     DuplicatePlatform {
+        /// The platform.
         platform: Platform,
+        /// The first image of it (and its source).
         first: String,
+        /// The second image of it (and its source).
         second: String,
     },
     /// The entries do not form an index.
@@ -108,24 +146,35 @@ pub enum PublishError {
     /// A blob could not be copied into the target repository.
     #[error("cannot copy blob {digest} from {from} to {to}: {error}")]
     CopyBlob {
+        /// The blob.
         digest: Digest,
+        /// The repository it is in.
         from: String,
+        /// The target repository.
         to: String,
+        /// The registry's answer.
         error: RegistryError,
     },
     /// A manifest could not be copied into the target repository.
     #[error("cannot copy manifest {digest} from {from} to {to}: {error}")]
     CopyManifest {
+        /// The manifest.
         digest: Digest,
+        /// The repository it is in.
         from: String,
+        /// The target repository.
         to: String,
+        /// The registry's answer.
         error: RegistryError,
     },
     /// A manifest (the index, or a per-platform image) could not be pushed.
     #[error("cannot push {what} to {reference}: {error}")]
     PushManifest {
+        /// What was pushed (`the index`, `the linux/arm64 image`).
         what: String,
+        /// Where to (`repository:tag` or `repository@digest`).
         reference: String,
+        /// The registry's answer.
         error: RegistryError,
     },
 }
@@ -170,7 +219,9 @@ impl PublishError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{error}{}", written_note(written))]
 pub struct PartialWrite {
+    /// The tags written before the failure, in order.
     pub written: Vec<Tag>,
+    /// The failure.
     pub error: PublishError,
 }
 

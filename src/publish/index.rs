@@ -98,16 +98,22 @@ impl fmt::Display for IndexFormat {
 /// What an index entry says about a manifest: its media type, digest and size.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestDescriptor {
+    /// The manifest's media type.
     pub media_type: String,
+    /// Its digest.
     pub digest: Digest,
+    /// Its size in bytes.
     pub size: u64,
 }
 
 /// A blob a manifest refers to (its config or a layer).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobDescriptor {
+    /// The blob's media type.
     pub media_type: String,
+    /// Its digest.
     pub digest: Digest,
+    /// Its size in bytes.
     pub size: u64,
     /// A non-distributable ("foreign") layer: registries do not hold it, so it is never copied.
     pub foreign: bool,
@@ -116,6 +122,7 @@ pub struct BlobDescriptor {
 /// The platform of an image, as its config states it (variant and `os.version` included).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImagePlatform {
+    /// `os/architecture/variant`.
     pub platform: Platform,
     /// `os.version` (Windows images).
     pub os_version: Option<String>,
@@ -174,18 +181,40 @@ impl fmt::Display for ImagePlatform {
 /// Why a manifest or config read from a registry cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
+    /// A Docker schema 1 manifest.
     #[error("it is a Docker schema 1 manifest ({media_type}), which is deprecated and unsupported: rebuild or re-push the image with a current tool")]
-    Schema1 { media_type: String },
+    Schema1 {
+        /// The schema 1 media type.
+        media_type: String,
+    },
+    /// Neither an image manifest nor an index.
     #[error(
         "unsupported manifest media type {0:?} (expected an image manifest or an image index)"
     )]
-    UnsupportedMediaType(String),
+    UnsupportedMediaType(
+        /// The media type.
+        String,
+    ),
+    /// A `schemaVersion` other than 2.
     #[error("unsupported manifest schemaVersion {0}")]
-    UnsupportedSchemaVersion(i64),
+    UnsupportedSchemaVersion(
+        /// The `schemaVersion`.
+        i64,
+    ),
+    /// The image config names no runnable platform.
     #[error("its config names no runnable platform (os {os:?}, architecture {architecture:?})")]
-    NoPlatform { os: String, architecture: String },
+    NoPlatform {
+        /// The config's `os`.
+        os: String,
+        /// The config's `architecture`.
+        architecture: String,
+    },
+    /// Malformed JSON or descriptors.
     #[error("invalid manifest: {0}")]
-    Invalid(String),
+    Invalid(
+        /// What is wrong.
+        String,
+    ),
 }
 
 /// What kind of manifest an index entry points to.
@@ -194,7 +223,10 @@ pub enum ChildKind {
     /// A runnable image.
     Image,
     /// An attestation manifest (provenance, SBOM) about the image `subject`.
-    Attestation { subject: Digest },
+    Attestation {
+        /// The digest of the image it is about.
+        subject: Digest,
+    },
     /// An image index nested in the index.
     Index,
 }
@@ -202,17 +234,22 @@ pub enum ChildKind {
 /// One entry of an index read from a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexChild {
+    /// The entry's descriptor.
     pub descriptor: ManifestDescriptor,
     /// The platform the index claims (only a claim: the image's config decides).
     pub platform: Option<ImagePlatform>,
+    /// What the entry is.
     pub kind: ChildKind,
 }
 
 /// An image manifest read from a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageManifest {
+    /// OCI or Docker image manifest media type.
     pub media_type: String,
+    /// The config blob.
     pub config: BlobDescriptor,
+    /// The layers, in order.
     pub layers: Vec<BlobDescriptor>,
 }
 
@@ -227,14 +264,18 @@ impl ImageManifest {
 /// An image index (or Docker manifest list) read from a registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexManifest {
+    /// OCI index or Docker manifest list media type.
     pub media_type: String,
+    /// The entries, in order.
     pub manifests: Vec<IndexChild>,
 }
 
 /// A manifest read from a registry, classified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParsedManifest {
+    /// An image manifest.
     Image(ImageManifest),
+    /// An index.
     Index(IndexManifest),
 }
 
@@ -428,12 +469,16 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<ParsedManifest, ManifestError> {
 pub enum IndexEntry {
     /// A verified image: its platform comes from its config.
     Image {
+        /// The image manifest.
         descriptor: ManifestDescriptor,
+        /// Its platform, from its config.
         platform: ImagePlatform,
     },
     /// An attestation manifest about the image whose digest is `subject`.
     Attestation {
+        /// The attestation manifest.
         descriptor: ManifestDescriptor,
+        /// The digest of the image it is about.
         subject: Digest,
     },
 }
@@ -452,32 +497,53 @@ impl IndexEntry {
 /// Why entries cannot form an index.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IndexError {
+    /// No image among the entries.
     #[error("an index needs at least one image")]
     NoImages,
+    /// Two images of one platform.
     #[error("two images for {platform}: {first} and {second}")]
     DuplicatePlatform {
+        /// The platform.
         platform: Platform,
+        /// The first image of it.
         first: Digest,
+        /// The second image of it.
         second: Digest,
     },
+    /// A manifest listed twice.
     #[error("manifest {0} is listed twice")]
-    DuplicateManifest(Digest),
+    DuplicateManifest(
+        /// The manifest.
+        Digest,
+    ),
+    /// An attestation whose image is not an entry.
     #[error(
         "attestation manifest {attestation} is about image {subject}, which is not in the index"
     )]
     OrphanAttestation {
+        /// The attestation manifest.
         attestation: Digest,
+        /// The image it is about.
         subject: Digest,
     },
+    /// An entry that is not an image manifest (an index is never nested).
     #[error("{digest} has media type {media_type}, which cannot be listed in an index")]
-    NotAManifest { digest: Digest, media_type: String },
+    NotAManifest {
+        /// The entry.
+        digest: Digest,
+        /// Its media type.
+        media_type: String,
+    },
 }
 
 /// An index ready to push: its exact bytes, their digest and media type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AssembledIndex {
+    /// The index media type.
     pub media_type: &'static str,
+    /// The exact bytes to push.
     pub bytes: Vec<u8>,
+    /// Their digest.
     pub digest: Digest,
 }
 

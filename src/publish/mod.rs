@@ -16,6 +16,8 @@
 //! repository, pushes the index by digest, then to each tag in order, and reports the tags written
 //! when it stops part-way ([`PartialWrite`]).
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod credentials;
 mod error;
@@ -44,6 +46,7 @@ use registry::{FetchedManifest, ManifestTarget};
 /// An image (or an index) to publish: a reference, and optionally the platform it must be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Source {
+    /// The image or index.
     pub reference: Reference,
     /// When set, the image's config must say this platform (`linux/arm64` matches
     /// `linux/arm64/v8`); for a source index of several platforms, the image of this platform
@@ -65,8 +68,10 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
     #[error(transparent)]
+    /// The `PLATFORM` part is not a platform.
     Platform(#[from] crate::platform::PlatformError),
     #[error(transparent)]
+    /// The `REF` part is not a reference.
     Reference(#[from] ReferenceError),
 }
 
@@ -114,10 +119,12 @@ impl PlannedManifest {
         &self.repository
     }
 
+    /// The manifest's digest.
     pub fn digest(&self) -> &Digest {
         &self.digest
     }
 
+    /// The manifest's media type.
     pub fn media_type(&self) -> &str {
         &self.media_type
     }

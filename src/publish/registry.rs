@@ -39,6 +39,7 @@ pub struct RetryPolicy {
     pub attempts: u32,
     /// The wait before the first retry; each later wait doubles, up to `max_backoff`.
     pub initial_backoff: Duration,
+    /// The longest wait between attempts.
     pub max_backoff: Duration,
 }
 
@@ -73,6 +74,7 @@ pub struct RegistryConfig {
     pub ca_file: Option<PathBuf>,
     /// Per request: connecting, each read, and a whole manifest or metadata request.
     pub timeout: Duration,
+    /// How failed requests are retried.
     pub retry: RetryPolicy,
 }
 
@@ -121,7 +123,9 @@ pub enum RegistryErrorKind {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{detail}")]
 pub struct RegistryError {
+    /// What kind of failure.
     pub kind: RegistryErrorKind,
+    /// What happened, for people.
     pub detail: String,
 }
 
@@ -260,14 +264,18 @@ pub(crate) fn classify(e: OciDistributionError) -> RegistryError {
 /// Where a manifest is pushed: a tag, or its own digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ManifestTarget {
+    /// A tag of the repository.
     Tag(Tag),
+    /// The manifest's own digest (an untagged push).
     Digest(Digest),
 }
 
 /// A manifest as read from a registry: its exact bytes and their digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchedManifest {
+    /// The exact bytes the registry served.
     pub bytes: Bytes,
+    /// Their sha256 digest.
     pub digest: Digest,
 }
 
