@@ -31,7 +31,10 @@ struct Daemon(Child);
 impl Drop for Daemon {
     fn drop(&mut self) {
         // git-daemon forks; end its whole process group
-        let _ = Command::new("kill").arg("--").arg(format!("-{}", self.0.id())).status();
+        let _ = Command::new("kill")
+            .arg("--")
+            .arg(format!("-{}", self.0.id()))
+            .status();
         let _ = self.0.wait();
     }
 }
