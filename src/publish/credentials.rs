@@ -268,10 +268,13 @@ impl DockerConfig {
             .spawn()
             .map_err(|e| err(format!("cannot run {program} (is it on PATH?): {e}")))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(server_url.as_bytes())
-                .await
-                .map_err(|e| err(format!("cannot write to {program}: {e}")))?;
+            // a helper that exits without reading its input is judged by its output, as docker
+            // does (Go's os/exec ignores EPIPE on standard input)
+            match stdin.write_all(server_url.as_bytes()).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Err(e) => return Err(err(format!("cannot write to {program}: {e}"))),
+            }
         }
         let output = tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output())
             .await
