@@ -714,6 +714,18 @@ async fn controller_api_prepares_tags_platform_images_and_writes() {
     assert_eq!(&digest, plan.digest());
     let raw = skopeo.raw(&reg.repo("team/app:latest")).await.unwrap();
     assert_eq!(raw, plan.index_bytes());
+    let latest = reg.repo("team/app:latest").parse().unwrap();
+    assert_eq!(
+        publisher
+            .registry()
+            .resolve(&latest)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(plan.digest())
+    );
+    let nowhere = reg.repo("team/app:nowhere").parse().unwrap();
+    assert_eq!(publisher.registry().resolve(&nowhere).await.unwrap(), None);
     let per_platform = skopeo.raw_json(&reg.repo("team/app:1.0.0-arm64")).await;
     assert_eq!(per_platform["mediaType"], OCI_MANIFEST);
     assert_eq!(
