@@ -14,21 +14,30 @@ passed=0 failed=0 failures=()
 "$here/env.sh" up || { echo "e2e: the environment did not come up" >&2; exit 1; }
 # shellcheck source=/dev/null
 source "$state/env"
-trap '"$here/env.sh" down >/dev/null 2>&1' EXIT
+trap 'stop_operator KILL; "$here/env.sh" down >/dev/null 2>&1' EXIT
 (cd "$root" && cargo build -q) || exit 1
+: >"$state/operator.log"
 OPERATOR=$root/target/debug/multiarch-operator
 
-start_operator() {
-  KUBECONFIG=$E2E_OPERATOR_KUBECONFIG setsid "$OPERATOR" run --registry-plain-http \
+start_operator() { # [FAILPOINT]
+  env ${1:+MULTIARCH_FAILPOINT=$1} KUBECONFIG="$E2E_OPERATOR_KUBECONFIG" setsid "$OPERATOR" run --registry-plain-http \
     --health-addr 127.0.0.1:18081 --provisioning-timeout 15m >>"$state/operator.log" 2>&1 < /dev/null &
   echo $! >"$state/operator.pid"
   local deadline=$((SECONDS + 60))
   until curl -sf http://127.0.0.1:18081/readyz >/dev/null; do
-    [ $SECONDS -lt $deadline ] || { echo "operator not ready" >&2; return 1; }
+    [ $SECONDS -lt $deadline ] || { echo "operator not ready${1:+ (fail point $1)}" >&2; return 1; }
+    kill -0 "$(cat "$state/operator.pid")" 2>/dev/null || { echo "operator exited" >&2; return 1; }
     sleep 0.3
   done
 }
-stop_operator() { kill -"${1:-TERM}" "$(cat "$state/operator.pid")" 2>/dev/null; wait "$(cat "$state/operator.pid")" 2>/dev/null || true; }
+stop_operator() { # [SIGNAL]: a TERM that is not obeyed within 20s becomes a KILL
+  [ -f "$state/operator.pid" ] || return 0
+  local pid; pid=$(cat "$state/operator.pid")
+  kill -"${1:-TERM}" "$pid" 2>/dev/null || return 0
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then echo "    the operator ignored SIG${1:-TERM} for 20s: killing it" >&2; kill -9 "$pid"; fi
+  wait "$pid" 2>/dev/null || true
+}
 
 fail() { echo "    FAIL: $*" >&2; return 1; }
 expect_eq() { [ "$1" = "$2" ] || fail "$3: expected '$2', got '$1'"; }
@@ -161,17 +170,54 @@ scenario_spec_change() {
   expect_eq "$(kubectl get jobs -n $ns -l "multiarch.dev/build=$build" -o name | wc -l)" 2 "builders of the new build" || return 1
 }
 
-# 6. The operator killed with SIGKILL mid-build and restarted: no duplicate builders.
+# 6. The operator killed at fixed points and restarted: no duplicate builders, one index per build.
+#    The points: builders just created (status not written), one platform built, index pushed to
+#    every tag (status not written). MULTIARCH_FAILPOINT aborts the process there, like SIGKILL.
+wait_operator_exit() {
+  local pid deadline=$((SECONDS + 60))
+  pid=$(cat "$state/operator.pid")
+  while kill -0 "$pid" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { fail "the operator did not reach its fail point"; return 1; }
+    sleep 0.2
+  done
+  wait "$pid" 2>/dev/null || true
+}
 scenario_operator_restart() {
   local ns=e2e-restart
   new_ns $ns
-  mai $ns app '["linux/amd64", "linux/arm64"]' "" '"e2e.multiarch.dev/fault.linux-arm64": hang'
-  kubectl wait -n $ns mai/app --for=jsonpath='{.status.platforms[0].phase}'=Built --timeout=60s >/dev/null || fail "amd64 not built" || return 1
+  # builders just created
+  stop_operator KILL
+  start_operator after-builders-created || return 1
+  mai $ns early '["linux/amd64", "linux/arm64"]'
+  wait_operator_exit || return 1
+  expect_eq "$(kubectl get jobs -n $ns -l multiarch.dev/image=early -o name | wc -l)" 2 "builders before the crash" || return 1
+  expect_eq "$(status $ns early '{.status.platforms}')" "" "status written before the crash" || return 1
+  start_operator || return 1
+  kubectl wait -n $ns mai/early --for=condition=Ready --timeout=90s >/dev/null || fail "early not Ready after restart" || return 1
+  expect_eq "$(kubectl get jobs -n $ns -l multiarch.dev/image=early -o name | wc -l)" 2 "builders after the restart" || return 1
+
+  # one platform built, the other still building
+  mai $ns middle '["linux/amd64", "linux/arm64"]' "" '"e2e.multiarch.dev/fault.linux-arm64": hang'
+  kubectl wait -n $ns mai/middle --for=jsonpath='{.status.platforms[0].phase}'=Built --timeout=60s >/dev/null || fail "amd64 not built" || return 1
   stop_operator KILL
   start_operator || return 1
-  kubectl annotate mai -n $ns app e2e.multiarch.dev/poke=1 >/dev/null
-  kubectl wait -n $ns mai/app --for=jsonpath='{.status.phase}'=Building --timeout=30s >/dev/null || fail "not Building after restart" || return 1
-  expect_eq "$(kubectl get jobs -n $ns -o name | wc -l)" 2 "builders after a restart" || return 1
+  kubectl annotate mai -n $ns middle e2e.multiarch.dev/poke=1 >/dev/null
+  kubectl wait -n $ns mai/middle --for=jsonpath='{.status.phase}'=Building --timeout=30s >/dev/null || fail "not Building after restart" || return 1
+  expect_eq "$(kubectl get jobs -n $ns -l multiarch.dev/image=middle -o name | wc -l)" 2 "builders after a restart mid-build" || return 1
+
+  # index pushed to every tag, status not written
+  stop_operator KILL
+  start_operator after-index-pushed || return 1
+  mai $ns late '["linux/amd64", "linux/arm64"]'
+  wait_operator_exit || return 1
+  local pushed
+  pushed=$(raw "$ns/late:latest" | sha256sum | cut -c1-64)
+  [ -n "$pushed" ] || fail "the index was not pushed before the crash" || return 1
+  expect_eq "$(status $ns late '{.status.digest}')" "" "status digest before the restart" || return 1
+  start_operator || return 1
+  kubectl wait -n $ns mai/late --for=condition=Ready --timeout=90s >/dev/null || fail "late not Ready after restart" || return 1
+  expect_eq "$(status $ns late '{.status.digest}')" "sha256:$pushed" "the republished index is the same index" || return 1
+  expect_eq "$(kubectl get jobs -n $ns -l multiarch.dev/image=late -o name | wc -l)" 2 "builders of late" || return 1
 }
 
 # 7. Invalid objects: rejected at admission by the real apiserver, or Stalled with InvalidSpec.

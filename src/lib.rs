@@ -9,6 +9,7 @@ pub mod api;
 pub mod builder;
 pub mod config;
 pub mod controller;
+pub mod failpoint;
 pub mod git;
 pub mod health;
 pub mod plan;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -60,6 +61,14 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
         }
     };
 
+    // decide only on complete caches: an empty store right after a restart is not "no builders"
+    // (checked without waiting: blocking here would hold a reconcile slot the stores need)
+    let ready = |r: Option<Result<(), _>>| matches!(r, Some(Ok(())));
+    if !ready(ctx.jobs.wait_until_ready().now_or_never())
+        || !ready(ctx.pods.wait_until_ready().now_or_never())
+    {
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    }
     let (jobs, pods) = builders_of(&ctx, &ns, &name);
     let builders = observe_builders(&ctx, &obj, &desired, &prev, &jobs, &pods).await?;
 
@@ -83,6 +92,7 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
     );
     let mut status = plan.status;
     let mut events = plan.events;
+    let mut created = false;
     for action in &plan.actions {
         match action {
             Action::CreateBuilder {
@@ -111,6 +121,7 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
                     .iter_mut()
                     .find(|p| p.platform == platform.to_string())
                 {
+                    created = true;
                     p.builder = job.metadata.name.clone();
                 }
             }
@@ -150,6 +161,7 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
                 // the status says Publishing before anything is written to the registry
                 write_status(&ctx, &obj, &prev, &status).await?;
                 let outcome = publishing::publish(&ctx, &obj, &desired, &status).await?;
+                crate::failpoint::hit(crate::failpoint::AFTER_INDEX_PUSHED);
                 events.extend(record_publish(
                     &mut status,
                     &desired,
@@ -160,6 +172,9 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
         }
     }
 
+    if created {
+        crate::failpoint::hit(crate::failpoint::AFTER_BUILDERS_CREATED);
+    }
     write_status(&ctx, &obj, &prev, &status).await?;
     emit(&ctx, &obj, &events).await;
     reset_backoff(&ctx, &obj);
@@ -227,7 +242,23 @@ async fn observe_builders(
                 })
             });
         let current = job.labels().get(LABEL_BUILD) == Some(&desired.build_id);
-        let check = if completed && current {
+        // a platform recorded Built by this very builder keeps its verified digest
+        let recorded = prev
+            .platforms
+            .iter()
+            .find(|p| {
+                p.phase == PlatformPhase::Built
+                    && p.builder.as_deref() == job.metadata.name.as_deref()
+            })
+            .and_then(|p| p.digest.clone())
+            .filter(|_| {
+                prev.build
+                    .as_ref()
+                    .is_some_and(|b| b.id == desired.build_id)
+            });
+        let check = if let (true, Some(digest)) = (completed && current, recorded) {
+            Some(Ok(digest))
+        } else if completed && current {
             let reported = termination_message(job, pods)
                 .as_deref()
                 .and_then(reported_digest);
