@@ -111,6 +111,16 @@ fn error_policy(
     kube::runtime::controller::Action::requeue(delay)
 }
 
+/// True once `store` has seen its first complete list.
+pub(crate) fn ready_now<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
 /// Runs the controller until SIGTERM/SIGINT; `readiness` is set once the builder caches synced.
 pub async fn run(
     client: Client,
@@ -156,10 +166,14 @@ pub async fn run(
     info!("starting the MultiArchImage controller");
     let (jobs_ready, pods_ready) = (ctx.jobs.clone(), ctx.pods.clone());
     tokio::spawn(async move {
-        if jobs_ready.wait_until_ready().await.is_ok()
-            && pods_ready.wait_until_ready().await.is_ok()
-        {
-            readiness.set_ready();
+        // polled, not awaited: a store's readiness wakes only its latest waiter, and reconciles
+        // check it too
+        loop {
+            if ready_now(&jobs_ready) && ready_now(&pods_ready) {
+                readiness.set_ready();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     Controller::new(objects, wc)

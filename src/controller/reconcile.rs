@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -63,10 +62,7 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
 
     // decide only on complete caches: an empty store right after a restart is not "no builders"
     // (checked without waiting: blocking here would hold a reconcile slot the stores need)
-    let ready = |r: Option<Result<(), _>>| matches!(r, Some(Ok(())));
-    if !ready(ctx.jobs.wait_until_ready().now_or_never())
-        || !ready(ctx.pods.wait_until_ready().now_or_never())
-    {
+    if !super::ready_now(&ctx.jobs) || !super::ready_now(&ctx.pods) {
         return Ok(Requeue::requeue(Duration::from_secs(1)));
     }
     let (jobs, pods) = builders_of(&ctx, &ns, &name);
