@@ -206,11 +206,11 @@ pub fn plan(desired: &DesiredBuild, observed: &Observed<'_>, now: Timestamp) -> 
                     now,
                     observed.generation,
                 );
-                return finish(prev, status, actions, Some(Duration::from_secs(300)), now);
+                return finish(prev, status, actions, Some(Duration::from_secs(300)));
             }
             (None, None) => {
                 // the caller resolves the source first (see needs_source); nothing to decide yet
-                return finish(prev, status, actions, None, now);
+                return finish(prev, status, actions, None);
             }
         };
         status.build = Some(BuildStatus {
@@ -551,7 +551,7 @@ pub fn plan(desired: &DesiredBuild, observed: &Observed<'_>, now: Timestamp) -> 
     let requeue = deadlines.into_iter().min().map(|t| {
         Duration::try_from(t.duration_since(now)).unwrap_or_default() + Duration::from_secs(1)
     });
-    finish(prev, status, actions, requeue, now)
+    finish(prev, status, actions, requeue)
 }
 
 fn building_message(platforms: &[PlatformStatus]) -> String {
@@ -699,7 +699,6 @@ fn finish(
     status: MultiArchImageStatus,
     actions: Vec<Action>,
     requeue_after: Option<Duration>,
-    _now: Timestamp,
 ) -> Plan {
     let events = events_between(prev, &status);
     Plan {

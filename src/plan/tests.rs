@@ -98,6 +98,17 @@ fn run(
     )
 }
 
+/// The status after every platform was built and a publish ended with `outcome`.
+fn after_publish(
+    d: &DesiredBuild,
+    b: &[BuilderObservation],
+    outcome: PublishOutcome,
+) -> MultiArchImageStatus {
+    let mut status = run(d, &started(d), b, None, t(200)).status;
+    record_publish(&mut status, d, &outcome, t(201));
+    status
+}
+
 fn creates(plan: &Plan) -> Vec<(String, u32)> {
     plan.actions
         .iter()
@@ -410,15 +421,13 @@ fn tags_only_change_republishes_without_new_builders() {
         builder(&d, "linux/amd64", 1, built("sha256:aa")),
         builder(&d, "linux/arm64", 1, built("sha256:bb")),
     ];
-    let mut status = run(&d, &started(&d), &b, None, t(200)).status;
-    record_publish(
-        &mut status,
+    let status = after_publish(
         &d,
-        &PublishOutcome::Published {
+        &b,
+        PublishOutcome::Published {
             digest: "sha256:ii".into(),
             image_ref: "x@sha256:ii".into(),
         },
-        t(201),
     );
 
     let d2 = desired(serde_json::json!({"tags": ["1.0.1", "latest"]}));
@@ -458,12 +467,10 @@ fn platform_mismatch_stays_failed_until_a_new_generation() {
         builder(&d, "linux/amd64", 1, built("sha256:aa")),
         builder(&d, "linux/arm64", 1, built("sha256:bb")),
     ];
-    let mut status = run(&d, &started(&d), &b, None, t(200)).status;
-    record_publish(
-        &mut status,
+    let status = after_publish(
         &d,
-        &PublishOutcome::PlatformMismatch("linux/arm64 image is linux/amd64".into()),
-        t(201),
+        &b,
+        PublishOutcome::PlatformMismatch("linux/arm64 image is linux/amd64".into()),
     );
     assert_eq!(
         condition(&status, "Stalled").unwrap().reason,
