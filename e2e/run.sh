@@ -274,8 +274,16 @@ scenario_delete() {
   expect_eq "$(tags_of $ns/app)" "1.0.0 1.0.0-amd64 1.0.0-arm64 latest" "tags after deletion" || return 1
 }
 
-start_operator || exit 1
 all=(everyday no_arm64_node build_fails platform_mismatch spec_change operator_restart invalid builder_rejected delete)
+# More scenarios live in e2e/scenarios/*.sh: each file defines scenario_NAME functions and appends
+# their names to `all`.
+for f in "$here"/scenarios/*.sh; do
+  [ -e "$f" ] || continue
+  # shellcheck source=/dev/null
+  source "$f"
+done
+
+start_operator || exit 1
 [ $# -gt 0 ] || set -- "${all[@]}"
 for s in "$@"; do
   started=$SECONDS
