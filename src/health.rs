@@ -1,5 +1,6 @@
 //! The operator's HTTP endpoint: `/healthz` (the process serves), `/readyz` (the controller's
-//! watches have synced), on the address given by `--health-addr`.
+//! watches have synced, or it waits as a leader-election standby), on the address given by
+//! `--health-addr`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +18,8 @@ use tokio::net::TcpListener;
 pub struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
-    pub fn set_ready(&self) {
-        self.0.store(true, Ordering::SeqCst);
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
     }
 
     pub fn is_ready(&self) -> bool {

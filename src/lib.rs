@@ -12,6 +12,7 @@ pub mod controller;
 pub mod failpoint;
 pub mod git;
 pub mod health;
+pub mod metrics;
 pub mod plan;
 pub mod platform;
 pub mod publish;

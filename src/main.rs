@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use multiarch_operator::config::{parse_duration, BuilderDefaults, DEFAULT_BUILDER_IMAGE};
+use multiarch_operator::controller::leader::LeaderElection;
+use multiarch_operator::metrics::Metrics;
 use multiarch_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -75,6 +77,28 @@ struct RunArgs {
     /// Extra CA bundle (PEM) for registries.
     #[arg(long, env = "MULTIARCH_REGISTRY_CA_FILE")]
     registry_ca_file: Option<PathBuf>,
+    /// Default tolerations for builders, as a JSON array of Kubernetes tolerations.
+    #[arg(long, env = "MULTIARCH_BUILDER_TOLERATIONS")]
+    builder_tolerations: Option<String>,
+    /// Address of /metrics (Prometheus text format).
+    #[arg(long, env = "MULTIARCH_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Elect a leader on a Lease, so that of several replicas one reconciles.
+    #[arg(long, env = "MULTIARCH_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader election Lease (default: $POD_NAMESPACE, else "default").
+    #[arg(long, env = "MULTIARCH_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "MULTIARCH_LEADER_ELECTION_LEASE",
+        default_value = "multiarch-operator"
+    )]
+    leader_election_lease: String,
+    /// How long a leader that stops renewing keeps the Lease.
+    #[arg(long, env = "MULTIARCH_LEASE_DURATION", default_value = "15s")]
+    lease_duration: String,
     /// Address of /healthz and /readyz.
     #[arg(long, env = "MULTIARCH_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     health_addr: SocketAddr,
@@ -109,30 +133,73 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         node_selector: pairs(&args.builder_node_selector, "--builder-node-selector")?,
         ..BuilderDefaults::default()
     };
+    if let Some(json) = args
+        .builder_tolerations
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        defaults.tolerations = serde_json::from_str(json).map_err(|e| {
+            anyhow::anyhow!("--builder-tolerations must be a JSON array of tolerations: {e}")
+        })?;
+    }
     for (k, v) in pairs(&args.builder_requests, "--builder-request")? {
         defaults.requests.insert(
             k,
             k8s_openapi::apimachinery::pkg::api::resource::Quantity(v),
         );
     }
+    let instance = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "multiarch-operator".into());
+    let leader_election = if args.leader_elect {
+        let lease_duration = parse_duration(&args.lease_duration)?;
+        anyhow::ensure!(
+            lease_duration >= std::time::Duration::from_secs(3),
+            "--lease-duration must be at least 3s"
+        );
+        Some(LeaderElection {
+            namespace: args
+                .leader_election_namespace
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "default".into()),
+            lease: args.leader_election_lease,
+            identity: instance.clone(),
+            lease_duration,
+        })
+    } else {
+        None
+    };
     let settings = multiarch_operator::controller::Settings {
         namespaces: args.namespace.into_iter().collect(),
         concurrency: args.concurrency,
         defaults,
-        instance: std::env::var("POD_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| "multiarch-operator".into()),
+        instance,
         registry_plain_http: args.registry_plain_http,
         registry_insecure: args.registry_insecure,
         registry_ca_file: args.registry_ca_file,
+        leader_election,
     };
-    let client = kube::Client::try_default().await?;
+    let metrics = Metrics::new();
+    let counter = metrics.clone();
+    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |req: http::Request<kube::client::Body>| {
+                counter.api_request(&req);
+                req
+            },
+        ))
+        .build();
     let readiness = multiarch_operator::health::Readiness::default();
     let health = tokio::spawn(multiarch_operator::health::serve(
         args.health_addr,
         readiness.clone(),
     ));
-    let result = multiarch_operator::controller::run(client, settings, readiness).await;
+    let metrics_server = tokio::spawn(multiarch_operator::metrics::serve(
+        args.metrics_addr,
+        metrics.clone(),
+    ));
+    let result = multiarch_operator::controller::run(client, settings, readiness, metrics).await;
+    metrics_server.abort();
     health.abort();
     result
 }

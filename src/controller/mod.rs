@@ -2,6 +2,7 @@
 //! objects and their builder Jobs and Pods (kept in reflector stores, so reading them costs no
 //! API call), and runs the reconcile loop: dereference -> validate -> plan -> act -> status.
 
+pub mod leader;
 mod observe;
 mod publishing;
 mod reconcile;
@@ -22,8 +23,9 @@ use tracing::{info, warn};
 pub use observe::{observe, reported_digest, stopped_annotation};
 
 use crate::api::MultiArchImage;
-use crate::builder::{LABEL_IMAGE, LABEL_MANAGED_BY, LABEL_MANAGED_BY_VALUE};
+use crate::builder::{LABEL_MANAGED_BY, LABEL_MANAGED_BY_VALUE};
 use crate::config::BuilderDefaults;
+use crate::metrics::Metrics;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "multiarch.dev/operator";
@@ -44,6 +46,8 @@ pub struct Settings {
     pub registry_insecure: bool,
     /// Extra CA bundle (PEM) for registries.
     pub registry_ca_file: Option<std::path::PathBuf>,
+    /// Leader election; `None` reconciles at once (a single replica).
+    pub leader_election: Option<leader::LeaderElection>,
 }
 
 /// Shared state of the reconcilers.
@@ -53,6 +57,7 @@ pub struct Context {
     pub jobs: Store<Job>,
     pub pods: Store<Pod>,
     pub recorder: Recorder,
+    pub metrics: Metrics,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<ObjectRef<MultiArchImage>, u32>>,
 }
@@ -101,6 +106,7 @@ fn error_policy(
     ctx: Arc<Context>,
 ) -> kube::runtime::controller::Action {
     let delay = backoff(&ctx, &obj);
+    ctx.metrics.reconcile_failed(error.category());
     warn!(
         namespace = obj.metadata.namespace.as_deref().unwrap_or_default(),
         object = obj.metadata.name.as_deref().unwrap_or_default(),
@@ -121,11 +127,105 @@ where
     matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
 }
 
-/// Runs the controller until SIGTERM/SIGINT; `readiness` is set once the builder caches synced.
+/// Why the controller stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM or SIGINT: finish the reconciles in flight, release the lease, exit 0.
+    Signal,
+    /// The lease could not be renewed in time: stop reconciling and exit with an error, so that
+    /// this replica never races a new leader.
+    LostLease,
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    info!("shutting down");
+}
+
+/// Runs the controller until SIGTERM/SIGINT (or, with leader election, until the lease is lost).
+/// `readiness` is set while waiting as a standby, and for the leader once its caches synced.
 pub async fn run(
     client: Client,
     settings: Settings,
     readiness: crate::health::Readiness,
+    metrics: Metrics,
+) -> anyhow::Result<()> {
+    let mut signal = Box::pin(shutdown_signal());
+    let mut elector = match settings.leader_election.clone() {
+        Some(le) => {
+            let mut elector = leader::Elector::new(client.clone(), le);
+            // a standby is ready: it serves health and metrics and waits for the lease
+            readiness.set(true);
+            metrics.set_leader(false);
+            tokio::select! {
+                _ = elector.acquire() => {}
+                _ = &mut signal => return Ok(()),
+            }
+            readiness.set(false);
+            Some(elector)
+        }
+        None => None,
+    };
+    metrics.set_leader(true);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let supervisor_metrics = metrics.clone();
+    let supervisor = tokio::spawn(async move {
+        let cause = match elector.as_mut() {
+            Some(e) => tokio::select! {
+                _ = e.keep() => Stop::LostLease,
+                _ = &mut signal => Stop::Signal,
+            },
+            None => {
+                signal.await;
+                Stop::Signal
+            }
+        };
+        if cause == Stop::LostLease {
+            supervisor_metrics.set_leader(false);
+        }
+        let _ = stop_tx.send(cause);
+        // release only once no reconcile runs any more
+        let _ = done_rx.await;
+        if let (Stop::Signal, Some(e)) = (cause, elector.as_mut()) {
+            e.release().await;
+        }
+        cause
+    });
+
+    let stop = async move {
+        let _ = stop_rx.await;
+    };
+    run_controller(client, settings, readiness, metrics, stop).await?;
+    let _ = done_tx.send(());
+    match supervisor.await? {
+        Stop::Signal => Ok(()),
+        Stop::LostLease => anyhow::bail!(
+            "lost the leader lease: stopped reconciling so that the new leader is the only one"
+        ),
+    }
+}
+
+/// Watches and reconciles until `stop` resolves; in-flight reconciles finish first.
+async fn run_controller(
+    client: Client,
+    settings: Settings,
+    readiness: crate::health::Readiness,
+    metrics: Metrics,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let wc = watcher::Config::default();
     let builders =
@@ -134,17 +234,40 @@ pub async fn run(
 
     let (job_store, job_writer) = reflector::store::<Job>();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let (object_store, object_writer) = reflector::store::<MultiArchImage>();
     let (objects, jobs_api, pods_api): (Api<MultiArchImage>, Api<Job>, Api<Pod>) = match namespaces.as_slice() {
         [ns] => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         [] => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
         _ => anyhow::bail!("watching several namespaces (not all) is not supported yet: give one namespace, or none for all"),
     };
+    metrics.watch_objects(object_store.clone());
+    let queue = metrics.clone();
+    let objects = reflector::reflector(object_writer, watcher(objects, wc))
+        .default_backoff()
+        .touched_objects()
+        .inspect(move |o| {
+            if let Ok(o) = o {
+                queue.queued(ObjectRef::from(o));
+            }
+        });
+    let queue = metrics.clone();
     let jobs = reflector::reflector(job_writer, watcher(jobs_api, builders.clone()))
         .default_backoff()
-        .touched_objects();
+        .touched_objects()
+        .inspect(move |j: &Result<Job, watcher::Error>| {
+            if let Some(o) = j.as_ref().ok().and_then(|j| owner_of(&j.metadata)) {
+                queue.queued(o);
+            }
+        });
+    let (queue, job_index) = (metrics.clone(), job_store.clone());
     let pods = reflector::reflector(pod_writer, watcher(pods_api, builders))
         .default_backoff()
-        .touched_objects();
+        .touched_objects()
+        .inspect(move |p: &Result<Pod, watcher::Error>| {
+            if let Some(o) = p.as_ref().ok().and_then(|p| owner_of_pod(p, &job_index)) {
+                queue.queued(o);
+            }
+        });
 
     let recorder = Recorder::new(
         client.clone(),
@@ -160,31 +283,30 @@ pub async fn run(
         jobs: job_store,
         pods: pod_store,
         recorder,
+        metrics,
         failures: Mutex::new(HashMap::new()),
     });
 
     info!("starting the MultiArchImage controller");
-    let (jobs_ready, pods_ready) = (ctx.jobs.clone(), ctx.pods.clone());
+    let pod_owners = ctx.jobs.clone();
+    let (jobs_ready, pods_ready, objects_ready) =
+        (ctx.jobs.clone(), ctx.pods.clone(), object_store.clone());
     tokio::spawn(async move {
         // polled, not awaited: a store's readiness wakes only its latest waiter, and reconciles
         // check it too
         loop {
-            if ready_now(&jobs_ready) && ready_now(&pods_ready) {
-                readiness.set_ready();
+            if ready_now(&jobs_ready) && ready_now(&pods_ready) && ready_now(&objects_ready) {
+                readiness.set(true);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    Controller::new(objects, wc)
+    Controller::for_stream(objects, object_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns_stream(jobs)
-        .watches_stream(pods, |pod: Pod| {
-            let ns = pod.metadata.namespace.clone()?;
-            let name = pod.metadata.labels.as_ref()?.get(LABEL_IMAGE)?.clone();
-            Some(ObjectRef::new(&name).within(&ns))
-        })
-        .shutdown_on_signal()
+        .watches_stream(pods, move |pod: Pod| owner_of_pod(&pod, &pod_owners))
+        .graceful_shutdown_on(stop)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -194,4 +316,29 @@ pub async fn run(
         .await;
     info!("controller stopped");
     Ok(())
+}
+
+/// The `MultiArchImage` owning a builder Job (its controller owner reference).
+fn owner_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<MultiArchImage>> {
+    let ns = meta.namespace.as_deref()?;
+    let owner = meta
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == "MultiArchImage" && o.controller == Some(true))?;
+    Some(ObjectRef::new(&owner.name).within(ns))
+}
+
+/// The `MultiArchImage` a builder Pod belongs to, through its Job (object names longer than a
+/// label value are hashed in the `multiarch.dev/image` label, so the label cannot name it).
+fn owner_of_pod(pod: &Pod, jobs: &Store<Job>) -> Option<ObjectRef<MultiArchImage>> {
+    let ns = pod.metadata.namespace.as_deref()?;
+    let job = pod
+        .metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == "Job" && o.controller == Some(true))?;
+    let job = jobs.get(&ObjectRef::new(&job.name).within(ns))?;
+    owner_of(&job.metadata)
 }

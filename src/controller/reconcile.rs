@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
@@ -33,6 +34,9 @@ const IN_PROGRESS_RESYNC: Duration = Duration::from_secs(300);
 
 #[instrument(skip_all, fields(namespace = obj.metadata.namespace.as_deref().unwrap_or_default(), object = obj.metadata.name.as_deref().unwrap_or_default(), generation = obj.metadata.generation.unwrap_or_default()))]
 pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let _in_flight = ctx
+        .metrics
+        .reconcile_started(&ObjectRef::from(obj.as_ref()));
     let ns = obj
         .metadata
         .namespace
@@ -156,8 +160,17 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
             Action::Publish => {
                 // the status says Publishing before anything is written to the registry
                 write_status(&ctx, &obj, &prev, &status).await?;
+                let started = std::time::Instant::now();
                 let outcome = publishing::publish(&ctx, &obj, &desired, &status).await?;
                 crate::failpoint::hit(crate::failpoint::AFTER_INDEX_PUSHED);
+                ctx.metrics.published(
+                    match &outcome {
+                        plan::PublishOutcome::Published { .. } => "published",
+                        plan::PublishOutcome::PlatformMismatch(_) => "PlatformMismatch",
+                        plan::PublishOutcome::Refused(_) => "PublishFailed",
+                    },
+                    started.elapsed(),
+                );
                 events.extend(record_publish(
                     &mut status,
                     &desired,
@@ -173,6 +186,7 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
     }
     write_status(&ctx, &obj, &prev, &status).await?;
     emit(&ctx, &obj, &events).await;
+    count_finished_builds(&ctx, &prev, &status, &builders);
     reset_backoff(&ctx, &obj);
     let in_progress = status
         .conditions
@@ -187,6 +201,44 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
         None if in_progress => Requeue::requeue(IN_PROGRESS_RESYNC),
         None => Requeue::await_change(),
     })
+}
+
+/// Counts the platforms whose build ended in this reconcile (a phase change to `Built` or
+/// `Failed` of the same build), with the successful builder's duration.
+fn count_finished_builds(
+    ctx: &Context,
+    prev: &MultiArchImageStatus,
+    status: &MultiArchImageStatus,
+    builders: &[BuilderObservation],
+) {
+    let same_build = prev.build.as_ref().map(|b| &b.id) == status.build.as_ref().map(|b| &b.id);
+    for p in &status.platforms {
+        let before = prev
+            .platforms
+            .iter()
+            .find(|q| q.platform == p.platform)
+            .map(|q| q.phase)
+            .filter(|_| same_build);
+        if before == Some(p.phase) {
+            continue;
+        }
+        match p.phase {
+            PlatformPhase::Built => {
+                let duration = builders
+                    .iter()
+                    .find(|b| Some(&b.name) == p.builder.as_ref())
+                    .and_then(|b| Some(b.finished_at?.duration_since(b.created)))
+                    .and_then(|d| d.try_into().ok());
+                ctx.metrics
+                    .build_finished(&p.platform, "succeeded", duration);
+            }
+            PlatformPhase::Failed => {
+                let reason = p.reason.map_or("BuildFailed", |r| r.as_str());
+                ctx.metrics.build_finished(&p.platform, reason, None);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The builder Jobs and Pods of one object, from the reflector stores.
