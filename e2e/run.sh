@@ -18,10 +18,12 @@ trap 'stop_operator KILL; "$here/env.sh" down >/dev/null 2>&1' EXIT
 (cd "$root" && cargo build -q) || exit 1
 : >"$state/operator.log"
 OPERATOR=$root/target/debug/multiarch-operator
+OPERATOR_ARGS=()
 
-start_operator() { # [FAILPOINT]
+start_operator() { # [FAILPOINT]; extra flags in the array OPERATOR_ARGS
   env ${1:+MULTIARCH_FAILPOINT=$1} KUBECONFIG="$E2E_OPERATOR_KUBECONFIG" setsid "$OPERATOR" run --registry-plain-http \
-    --health-addr 127.0.0.1:18081 --provisioning-timeout 15m >>"$state/operator.log" 2>&1 < /dev/null &
+    --health-addr 127.0.0.1:18081 --metrics-addr 127.0.0.1:18091 --provisioning-timeout 15m \
+    "${OPERATOR_ARGS[@]}" >>"$state/operator.log" 2>&1 < /dev/null &
   echo $! >"$state/operator.pid"
   local deadline=$((SECONDS + 60))
   until curl -sf http://127.0.0.1:18081/readyz >/dev/null; do

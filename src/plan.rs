@@ -54,6 +54,8 @@ pub struct BuilderObservation {
     pub stopped: Option<(Reason, String)>,
     /// When the Job finished, if it has.
     pub finished_at: Option<Timestamp>,
+    /// The node selector of its pods.
+    pub node_selector: std::collections::BTreeMap<String, String>,
 }
 
 /// A builder's state.
@@ -303,6 +305,18 @@ pub fn plan(desired: &DesiredBuild, observed: &Observed<'_>, now: Timestamp) -> 
             reason: None,
             message: None,
         };
+        // a finished platform whose builder was cleaned up after its time-to-live keeps its
+        // result, even when an older (failed, kept for debugging) attempt is still there
+        if let Some(pp) = prev_p.filter(|pp| {
+            matches!(pp.phase, PlatformPhase::Built | PlatformPhase::Failed)
+                && pp
+                    .builder
+                    .as_ref()
+                    .is_some_and(|b| !jobs.iter().any(|j| &j.name == b))
+        }) {
+            platforms.push(pp.clone());
+            continue;
+        }
         let Some(latest) = jobs.last() else {
             match prev_p {
                 // finished platforms whose builders were cleaned up, or rejected at admission
@@ -328,8 +342,15 @@ pub fn plan(desired: &DesiredBuild, observed: &Observed<'_>, now: Timestamp) -> 
             BuilderState::WaitingForNode { since, message } => {
                 let expires = *since + desired.provisioning_timeout;
                 if now >= expires {
+                    let selector = latest
+                        .node_selector
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
                     let msg = format!(
-                        "no node for {platform} within {}: {}",
+                        "no node matching the node selector {{{selector}}} became available for \
+                         {platform} within {}: {}",
                         crate::config::format_duration(desired.provisioning_timeout),
                         message
                             .as_deref()

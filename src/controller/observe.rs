@@ -227,6 +227,12 @@ pub fn observe(
         stopped,
         finished_at,
         state,
+        node_selector: job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.node_selector.clone())
+            .unwrap_or_default(),
     })
 }
 

@@ -35,6 +35,11 @@ fn builder(
         state,
         disruptions: 0,
         stopped: None,
+        node_selector: [
+            ("kubernetes.io/arch".to_string(), p.node_arch().to_string()),
+            ("kubernetes.io/os".to_string(), p.os.clone()),
+        ]
+        .into(),
     }
 }
 
@@ -257,6 +262,12 @@ fn arm64_pending_past_provisioning_timeout_fails_platform() {
     let stalled = condition(&p.status, "Stalled").unwrap();
     assert_eq!(stalled.reason, "NoNodeForPlatform");
     assert!(stalled.message.contains("linux/arm64"));
+    let message = p.status.platforms[1].message.as_deref().unwrap();
+    assert!(
+        message.contains("{kubernetes.io/arch=arm64,kubernetes.io/os=linux}"),
+        "{message}"
+    );
+    assert!(message.contains("didn't match Pod's node affinity/selector"));
     assert!(!p.actions.contains(&Action::Publish));
 }
 
@@ -542,6 +553,34 @@ fn finished_builders_are_deleted_after_ttl_keeping_the_latest_failed_one() {
             .count(),
         1
     );
+}
+
+#[test]
+fn built_platform_whose_builder_was_cleaned_up_is_not_rebuilt_from_a_kept_failure() {
+    // amd64 failed once (kept for debugging), attempt 2 built; after the TTL attempt 2 is gone
+    let d = desired(serde_json::json!({"retries": 1}));
+    let failed = builder(&d, "linux/amd64", 1, exited(1, "boom"));
+    let b = [
+        failed.clone(),
+        builder(&d, "linux/amd64", 2, built("sha256:aa")),
+        builder(&d, "linux/arm64", 1, built("sha256:bb")),
+    ];
+    let published = after_publish(
+        &d,
+        &b,
+        PublishOutcome::Published {
+            digest: "sha256:ii".into(),
+            image_ref: "r@sha256:ii".into(),
+        },
+    );
+    assert_eq!(published.phase, Some(Phase::Succeeded));
+    let p = run(&d, &published, &[failed], None, t(5000));
+    assert_eq!(creates(&p), vec![]);
+    assert!(!p.actions.contains(&Action::Publish));
+    assert_eq!(p.status.phase, Some(Phase::Succeeded));
+    assert_eq!(p.status.platforms[0].phase, PlatformPhase::Built);
+    assert_eq!(p.status.platforms[0].digest.as_deref(), Some("sha256:aa"));
+    assert_eq!(p.status.platforms[0].attempts, 1);
 }
 
 #[test]
