@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Benchmarks of the operator on the local control plane (e2e/env.sh), printing figures:
+#
+#   1. Kubernetes API requests per completed two-platform build (counted by the operator itself:
+#      its multiarch_kube_api_requests_total metric, by verb), over BUILDS builds, and the time
+#      each build took with the synthetic builder double.
+#   2. With IDLE finished MultiArchImage objects: the operator's memory (VmRSS and peak VmHWM from
+#      /proc) once its caches are synced and every object was reconciled, the requests it made at
+#      start-up, and the API writes it made over an idle window (the target is zero).
+#
+#   e2e/bench.sh             BUILDS=5 IDLE=1000 IDLE_WINDOW=60 by default
+#
+# It uses the release build of the operator (cargo build --release). Timed figures vary with
+# the machine; nothing here fails on a number.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+state=${E2E_STATE:-/tmp/multiarch-e2e}
+BUILDS=${BUILDS:-5} IDLE=${IDLE:-1000} IDLE_WINDOW=${IDLE_WINDOW:-60}
+METRICS=127.0.0.1:18191 HEALTH=127.0.0.1:18181
+
+(cd "$root" && cargo build --release -q)
+OPERATOR=$root/target/release/multiarch-operator
+"$here/env.sh" up >/dev/null
+# shellcheck source=/dev/null
+source "$state/env"
+pid=
+cleanup() {
+  [ -z "$pid" ] || kill "$pid" 2>/dev/null || true
+  [ -z "${proxy:-}" ] || kill "$proxy" 2>/dev/null || true
+  "$here/env.sh" down >/dev/null 2>&1
+}
+trap cleanup EXIT
+
+start() {
+  KUBECONFIG="$E2E_OPERATOR_KUBECONFIG" "$OPERATOR" run --registry-plain-http --health-addr $HEALTH \
+    --metrics-addr $METRICS --log-level warn >>"$state/bench-operator.log" 2>&1 </dev/null &
+  pid=$!
+  until curl -sf "http://$HEALTH/readyz" >/dev/null; do sleep 0.2; done
+}
+stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
+requests() { # verb -> count, as "verb=count ..." (all verbs) from the operator's metrics
+  curl -sf "http://$METRICS/metrics" | python3 -c '
+import re, sys
+counts = {}
+for line in sys.stdin:
+    m = re.match(r"multiarch_kube_api_requests_total\{verb=\"(\w+)\"\} (\d+)", line)
+    if m:
+        counts[m.group(1)] = int(m.group(2))
+print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())))'
+}
+delta() { # before after -> per-verb differences divided by $3
+  python3 - "$1" "$2" "$3" <<'EOF'
+import sys
+parse = lambda s: dict((kv.split("=")[0], int(kv.split("=")[1])) for kv in s.split())
+before, after, n = parse(sys.argv[1]), parse(sys.argv[2]), int(sys.argv[3])
+diff = {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
+total = sum(diff.values())
+writes = sum(v for k, v in diff.items() if k in ("create", "update", "patch", "delete"))
+print(f"{total / n:.1f} requests ({writes / n:.1f} writes): " + ", ".join(f"{k} {v / n:.1f}" for k, v in diff.items() if v))
+EOF
+}
+mem() { awk '/^VmRSS|^VmHWM/ {printf "%s %.1f MiB  ", $1, $2 / 1024}' "/proc/$1/status"; }
+
+: >"$state/bench-operator.log"
+kubectl create namespace bench >/dev/null
+start
+echo "== API requests per completed two-platform build ($BUILDS builds, one at a time)"
+before=$(requests)
+started=$SECONDS
+for i in $(seq "$BUILDS"); do
+  t0=$(date +%s.%N)
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: multiarch.dev/v1alpha1
+kind: MultiArchImage
+metadata: {name: build-$i, namespace: bench}
+spec:
+  source: {git: {url: "$E2E_GIT_URL", revision: main}}
+  image: $E2E_REGISTRY/bench/app
+  tags: ["$i.0.0"]
+  platforms: [linux/amd64, linux/arm64]
+  buildArgs: [{name: RUN, value: "$i"}]
+EOF
+  kubectl wait -n bench "mai/build-$i" --for=condition=Ready --timeout=120s >/dev/null
+  echo "  build $i: $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")s from apply to Ready"
+done
+sleep 2 # the last status write's own watch event settles
+after=$(requests)
+echo "  per build: $(delta "$before" "$after" "$BUILDS")"
+echo "  (the operator's watches are opened once at start-up and are not in these figures: $(requests))"
+stop
+
+echo "== $IDLE idle (Succeeded) MultiArchImage objects"
+kubectl proxy --port=18199 >/dev/null 2>&1 &
+proxy=$!
+until curl -sf http://127.0.0.1:18199/version >/dev/null; do sleep 0.2; done
+t0=$SECONDS
+python3 - "$IDLE" <<'EOF'
+# clones of build-1 (same spec, so the same build id) with its finished status, like objects
+# that were built and published long ago
+import json, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+base = "http://127.0.0.1:18199/apis/multiarch.dev/v1alpha1/namespaces/bench/multiarchimages"
+def call(method, url, body, ctype="application/json"):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method, headers={"Content-Type": ctype})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+src = json.load(urllib.request.urlopen(base + "/build-1"))
+def clone(i):
+    name = f"idle-{i:04d}"
+    obj = {"apiVersion": src["apiVersion"], "kind": src["kind"], "metadata": {"name": name}, "spec": src["spec"]}
+    created = call("POST", base, obj)
+    created["status"] = src["status"]
+    created["status"]["observedGeneration"] = created["metadata"]["generation"]
+    call("PUT", f"{base}/{name}/status", created)
+with ThreadPoolExecutor(8) as pool:
+    list(pool.map(clone, range(int(sys.argv[1]))))
+EOF
+echo "  created in $((SECONDS - t0))s"
+kill "$proxy"; proxy=
+objects=$(kubectl get mai -n bench -o name | wc -l)
+t0=$SECONDS
+start
+metric() { curl -sf "http://$METRICS/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+until [ "$(metric multiarch_reconciles_total)" -ge "$objects" ] && [ "$(metric multiarch_queue_depth)" = 0 ] \
+  && [ "$(metric multiarch_reconciles_in_flight)" = 0 ]; do sleep 0.5; done
+echo "  start-up: every object reconciled $((SECONDS - t0))s after start ($(metric multiarch_reconciles_total) reconciles)"
+echo "  start-up requests: $(requests)"
+echo "  memory after start-up: $(mem "$pid")"
+before=$(requests)
+sleep "$IDLE_WINDOW"
+after=$(requests)
+echo "  over ${IDLE_WINDOW}s idle: $(delta "$before" "$after" 1)"
+echo "  memory after the idle window: $(mem "$pid")"
+echo "  objects by phase: $(curl -sf "http://$METRICS/metrics" | awk '/^multiarch_objects\{/ {printf "%s ", $0}')"
+stop
