@@ -454,7 +454,12 @@ async fn create_builder(ctx: &Context, ns: &str, job: &Job) -> Result<Result<(),
     };
     match jobs.create(&pp, job).await {
         Ok(_) => {
-            info!(builder = name, "created builder");
+            let platform = job
+                .annotations()
+                .get(crate::builder::ANNOTATION_PLATFORM)
+                .map(String::as_str)
+                .unwrap_or_default();
+            info!(platform, builder = name, "created builder");
             Ok(Ok(()))
         }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(())),

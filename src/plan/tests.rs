@@ -343,6 +343,43 @@ fn failed_build_is_retried_within_retries_then_fails() {
 }
 
 #[test]
+fn new_rebuild_value_after_a_failure_starts_a_fresh_build() {
+    let d = desired(serde_json::json!({"retries": 0}));
+    let amd = builder(&d, "linux/amd64", 1, built("sha256:aa"));
+    let arm = builder(&d, "linux/arm64", 1, exited(1, "boom"));
+    let failed = run(&d, &started(&d), &[amd.clone(), arm.clone()], None, t(200));
+    assert_eq!(failed.status.phase, Some(Phase::Failed));
+    // the same failed build is left alone
+    let again = run(
+        &d,
+        &failed.status,
+        &[amd.clone(), arm.clone()],
+        None,
+        t(900),
+    );
+    assert!(creates(&again).is_empty());
+
+    let rebuilt = DesiredBuild {
+        build_id: crate::validate::build_id(
+            &object(serde_json::json!({"retries": 0})).spec,
+            Some("fixed-1"),
+        ),
+        rebuild: Some("fixed-1".into()),
+        ..d.clone()
+    };
+    assert_ne!(rebuilt.build_id, d.build_id);
+    let source = Some(SourceResolution::Resolved(COMMIT.into()));
+    let p = run(&rebuilt, &failed.status, &[amd, arm], source, t(1000));
+    assert_eq!(
+        creates(&p),
+        vec![("linux/amd64".into(), 1), ("linux/arm64".into(), 1)]
+    );
+    assert_eq!(p.status.rebuild.as_deref(), Some("fixed-1"));
+    assert_ne!(p.status.phase, Some(Phase::Failed));
+    assert!(condition(&p.status, "Stalled").is_none());
+}
+
+#[test]
 fn disruptions_are_not_counted_as_attempts() {
     let d = desired(serde_json::json!({}));
     let mut b = builder(&d, "linux/arm64", 1, running("arm-2"));
