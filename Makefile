@@ -12,13 +12,15 @@ unit:
 	e2e/registry/install.sh
 	$(CARGO) test --all-targets
 
-## lint: formatting, clippy, and crds/ equal to `multiarch-operator crd`
+## lint: formatting, clippy, crds/ equal to `multiarch-operator crd`, helm lint of the chart
 lint: check-crds
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	"$$(e2e/tools/build.sh | tail -n1)/helm" lint --strict charts/multiarch-operator
 
 crds:
 	$(CARGO) run -q -- crd > crds/multiarchimages.multiarch.dev.yaml
+	cp crds/multiarchimages.multiarch.dev.yaml charts/multiarch-operator/files/crds/
 
 check-crds:
 	diff -u crds/multiarchimages.multiarch.dev.yaml <($(CARGO) run -q -- crd)

@@ -190,9 +190,14 @@ EOF
   add_node amd64 kwok-amd64-1
   $arm64 && add_node arm64 kwok-arm64-1
 
-  kubectl apply -f "$root/crds/" >/dev/null
+  # the operator as a user installs it: the Helm chart (CRD, RBAC, Deployment) into a namespace that
+  # enforces Pod Security "restricted". KWOK reports the chart's own operator pod Running without
+  # running it; the suite runs the operator on the host with the chart ServiceAccount's token.
+  kubectl create namespace multiarch-system >/dev/null
+  kubectl label namespace multiarch-system pod-security.kubernetes.io/enforce=restricted >/dev/null
+  helm install multiarch-operator "$root/charts/multiarch-operator" -n multiarch-system \
+    --set image.repository=127.0.0.1:$REGISTRY_PORT/multiarch-operator --set image.tag=e2e >/dev/null
   kubectl wait --for condition=established crd/multiarchimages.multiarch.dev --timeout=30s >/dev/null
-  kubectl apply -f "$here/manifests/operator-rbac.yaml" >/dev/null
   wait_for "operator ServiceAccount" 30 kubectl get serviceaccount multiarch-operator -n multiarch-system
   local token
   token=$(kubectl create token multiarch-operator -n multiarch-system --duration=24h)
