@@ -11,6 +11,7 @@ test: lint unit e2e
 unit:
 	e2e/registry/install.sh
 	$(CARGO) test --all-targets
+	deploy/argocd/test.sh
 
 ## lint: formatting, clippy, crds/ equal to `multiarch-operator crd`, helm lint of the chart
 lint: check-crds

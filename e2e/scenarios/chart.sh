@@ -70,3 +70,26 @@ RULES
   helm upgrade multiarch-operator "$CHART" -n multiarch-system --reuse-values >/dev/null || fail "helm upgrade" || return 1
   expect_eq "$(helm status multiarch-operator -n multiarch-system -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["info"]["status"])')" deployed "release status" || return 1
 }
+
+all+=(argocd_health)
+
+# The Argo CD health check (deploy/argocd/health.lua) on objects the operator really reconciled.
+scenario_argocd_health() {
+  local ns=e2e-argocd
+  "$root/deploy/argocd/test.sh" >"$state/argocd.out" 2>&1 || fail "deploy/argocd/test.sh: $(cat "$state/argocd.out")" || return 1
+  new_ns $ns
+  mai $ns good '["linux/amd64", "linux/arm64"]'
+  mai $ns bad '["linux/amd64"]' "  retries: 0" '"e2e.multiarch.dev/fault.linux-amd64": fail'
+  mai $ns waiting '["linux/amd64", "linux/s390x"]'
+  kubectl wait -n $ns mai/good --for=condition=Ready --timeout=90s >/dev/null || fail "good not Ready" || return 1
+  wait_reason $ns bad Stalled BuildFailed || return 1
+  wait_reason $ns waiting Reconciling WaitingForNode || return 1
+  kubectl get mai -n $ns -o json | python3 -c '
+import json, sys
+want = {"good": "Healthy", "bad": "Degraded", "waiting": "Progressing"}
+items = json.load(sys.stdin)["items"]
+print(json.dumps([{"path": i["metadata"]["name"], "obj": i,
+                   "want": {"status": want[i["metadata"]["name"]], "message": None}} for i in items]))' \
+    | ARGOCD_STATUS_ONLY=1 lua5.1 "$root/deploy/argocd/run_tests.lua" "$root/deploy/argocd" >"$state/argocd.out" \
+    || fail "health.lua on real objects: $(cat "$state/argocd.out")" || return 1
+}
