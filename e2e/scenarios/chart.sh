@@ -36,6 +36,8 @@ scenario_chart() {
   expect_contains "$(helm template t "$CHART" --kube-version 1.34.4 --set watchNamespace=$ns | grep -A3 '^kind: Role$')" "namespace: $ns" \
     "a single watched namespace gets a Role there" || return 1
   kubectl apply --dry-run=server -f "$root/crds/" >/dev/null || fail "crds/ alone" || return 1
+  sed "s/namespace: builds/namespace: $ns/" "$root/examples/apiping.yaml" "$root/examples/self-build.yaml" \
+    | kubectl apply --dry-run=server -f - >/dev/null 2>"$state/chart-dry-run.err" || fail "examples/: $(cat "$state/chart-dry-run.err")" || return 1
 
   # the release's pod was admitted under "restricted" and runs (as KWOK reports it)
   kubectl wait -n multiarch-system pod -l app.kubernetes.io/name=multiarch-operator --for=condition=Ready --timeout=60s >/dev/null \
