@@ -126,6 +126,8 @@ sample_repo() { # a bare repository of e2e/sample, branch main, tag v1.0.0
     GIT_AUTHOR_NAME=e2e GIT_AUTHOR_EMAIL=e2e@example.com GIT_COMMITTER_NAME=e2e GIT_COMMITTER_EMAIL=e2e@example.com \
       git commit -q -m "sample service" && git tag v1.0.0)
   git clone -q --bare "$work" "$state/git/sample.git"
+  # BuildKit fetches the resolved commit by its id, as public forges allow
+  git -C "$state/git/sample.git" config uploadpack.allowReachableSHA1InWant true
 }
 
 up() {
@@ -185,6 +187,10 @@ EOF
   start git-daemon "$(git --exec-path)/git-daemon" --export-all --reuseaddr --listen=127.0.0.1 \
     --port="$GIT_PORT" --base-path="$state/git" "$state/git"
   wait_for registry 30 curl -sf "http://127.0.0.1:$REGISTRY_PORT/v2/"
+  # real BuildKit for the builder double's real mode, and the base images the sample builds FROM
+  local buildkit_bin
+  buildkit_bin=$("$here/buildkit/install.sh" "$bin" | tail -n1)
+  python3 "$here/buildkit/base_images.py" "127.0.0.1:$REGISTRY_PORT"
 
   wait_for "default ServiceAccount" 60 kubectl get serviceaccount default -n default
   add_node amd64 kwok-amd64-1
@@ -203,7 +209,8 @@ EOF
   token=$(kubectl create token multiarch-operator -n multiarch-system --duration=24h)
   kubeconfig "$state/operator.kubeconfig" "{token: \"$token\"}"
 
-  start builder-double python3 "$here/builder-double/double.py" --kubeconfig "$state/admin.kubeconfig"
+  start builder-double python3 "$here/builder-double/double.py" --kubeconfig "$state/admin.kubeconfig" \
+    --buildkit-bin "$buildkit_bin" --work-dir /var/tmp/multiarch-e2e-builds
 
   cat >"$state/env" <<EOF
 export E2E_STATE=$state

@@ -57,6 +57,16 @@ const HOME: &str = "/home/user";
 const BUILDKIT_STATE: &str = "/home/user/.local/share/buildkit";
 const DOCKER_CONFIG_DIR: &str = "/home/user/.docker";
 const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Where BuildKit writes its metadata (on the `/tmp` emptyDir).
+const METADATA_FILE: &str = "/tmp/buildkit-metadata.json";
+/// The builder's command: `buildctl-daemonless.sh` with the Job's args, then BuildKit's metadata
+/// copied into the termination log. buildctl writes `--metadata-file` atomically (a temporary file
+/// in the same directory, then a rename), which cannot work on the kubelet's bind-mounted
+/// `/dev/termination-log` (`/dev` is not writable by the build user, and a bind-mounted file cannot
+/// be renamed over), so the metadata goes to `/tmp` and is copied. The exit code is BuildKit's.
+const BUILD_SCRIPT: &str = "buildctl-daemonless.sh \"$@\"; status=$?; \
+if [ -s /tmp/buildkit-metadata.json ]; then cat /tmp/buildkit-metadata.json > /dev/termination-log; fi; \
+exit $status";
 const ROOTLESS_UID: i64 = 1000;
 /// Kubernetes object names here are DNS labels (Job names become pod labels).
 pub const MAX_NAME_LEN: usize = 63;
@@ -252,7 +262,7 @@ pub fn buildctl_args(input: &BuilderInput<'_>) -> Vec<String> {
     args.push(format!(
         "--output=type=image,name={repo},push-by-digest=true,push=true,oci-mediatypes=true"
     ));
-    args.push(format!("--metadata-file={TERMINATION_LOG}"));
+    args.push(format!("--metadata-file={METADATA_FILE}"));
     args
 }
 
@@ -357,7 +367,12 @@ pub fn render_job(input: &BuilderInput<'_>) -> Job {
     let container = Container {
         name: CONTAINER.into(),
         image: Some(image),
-        command: Some(vec!["buildctl-daemonless.sh".into()]),
+        command: Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            BUILD_SCRIPT.into(),
+            "buildctl-daemonless.sh".into(),
+        ]),
         args: Some(buildctl_args(input)),
         env: Some(env),
         resources: Some(resources(object, platform, input.defaults)),
@@ -573,7 +588,14 @@ mod tests {
             "--export-cache=type=registry,ref=registry.example.com/team/apiping:buildcache-armv7,"
         ) && a.contains("ignore-error=true")));
         assert!(has("--output=type=image,name=registry.example.com/team/apiping,push-by-digest=true,push=true,oci-mediatypes=true"));
-        assert!(has("--metadata-file=/dev/termination-log"));
+        assert!(has("--metadata-file=/tmp/buildkit-metadata.json"));
+        // the metadata reaches the termination log through the wrapper, not by buildctl's own
+        // atomic write (which cannot replace a bind-mounted file)
+        let command = pod(&job).containers[0].command.clone().unwrap();
+        assert_eq!(command[..2], ["/bin/sh".to_string(), "-c".to_string()]);
+        assert!(command[2].contains(METADATA_FILE) && command[2].contains(TERMINATION_LOG));
+        assert!(command[2].starts_with("buildctl-daemonless.sh \"$@\""));
+        assert!(command[2].ends_with("exit $status"));
     }
 
     #[test]

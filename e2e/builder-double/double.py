@@ -7,7 +7,11 @@ node, it pushes a small real image, by digest only, to the repository in the pod
 `multiarch.dev/platform` annotation), never from the node; then it finishes the pod through the
 `builder-finish` KWOK stage: exit code 0 and BuildKit's metadata JSON as the termination message.
 
-Scenario faults come from the test, as annotations on the MultiArchImage named by the pod's
+Real builds: in a namespace labelled `e2e.multiarch.dev/builder=buildkit`, the double instead runs
+the pod's own command, args and environment with real rootless BuildKit on this machine (real.py)
+and finishes the pod with that command's exit code and the termination message it wrote.
+
+Scenario faults (synthetic mode) come from the test, as annotations on the MultiArchImage named by the pod's
 `multiarch.dev/image` label: `e2e.multiarch.dev/fault.<os-arch[-variant]>` =
   fail        exit 1 with a build-log-like message
   fail-once   fail attempt 1 only
@@ -17,6 +21,7 @@ Everything else in the environment is real.
 """
 
 import argparse
+import threading
 import base64
 import gzip
 import hashlib
@@ -30,6 +35,7 @@ import urllib.error
 import urllib.request
 
 FAULT = "e2e.multiarch.dev/fault."
+REAL_LABEL = "e2e.multiarch.dev/builder"
 
 
 def log(msg):
@@ -129,6 +135,26 @@ def finish(pod, namespace, code, message, kubeconfig):
              f"e2e.multiarch.dev/termination-message={message}"], kubeconfig)
 
 
+def real_mode(namespace, kubeconfig):
+    ns = json.loads(kubectl(["get", "namespace", namespace, "-o", "json"], kubeconfig))
+    return ns["metadata"].get("labels", {}).get(REAL_LABEL) == "buildkit"
+
+
+def handle_real(pod, args):
+    import real
+
+    meta = pod["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    log(f"{ns}/{name}: {meta['annotations']['multiarch.dev/platform']} on {pod['spec'].get('nodeName')}: "
+        "running its command with real BuildKit")
+    try:
+        code, message = real.run_pod(pod, lambda a: kubectl(a, args.kubeconfig), args.buildkit_bin,
+                                     args.work_dir, args.build_user, log)
+    except Exception as e:  # a broken stand-in must still finish the pod, visibly
+        code, message = 128, f"builder double: {e}"
+    finish(name, ns, code, message, args.kubeconfig)
+
+
 def handle(pod, kubeconfig):
     meta = pod["metadata"]
     ns, name = meta["namespace"], meta["name"]
@@ -159,6 +185,9 @@ def handle(pod, kubeconfig):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--buildkit-bin", help="folder of buildkitd, buildctl, buildctl-daemonless.sh")
+    parser.add_argument("--work-dir", default="/var/tmp/multiarch-e2e-builds")
+    parser.add_argument("--build-user", default="e2e-builder")
     args = parser.parse_args()
     handled = set()
     failures = 0
@@ -181,6 +210,9 @@ def main():
                 continue
             handled.add(uid)
             try:
+                if args.buildkit_bin and real_mode(pod["metadata"]["namespace"], args.kubeconfig):
+                    threading.Thread(target=handle_real, args=(pod, args), daemon=True).start()
+                    continue
                 handle(pod, args.kubeconfig)
             except (subprocess.CalledProcessError, urllib.error.URLError, KeyError, OSError) as e:
                 log(f"{pod['metadata']['name']}: {e}")
