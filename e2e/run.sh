@@ -71,12 +71,16 @@ tags_of() { skopeo list-tags --tls-verify=false "docker://$E2E_REGISTRY/$1" 2>/d
 raw() { skopeo inspect --raw --tls-verify=false "docker://$E2E_REGISTRY/$1"; }
 new_ns() { kubectl create namespace "$1" >/dev/null; }
 
-# 1. The everyday case: amd64 + arm64, tags 1.0.0 and latest.
+# 1. The everyday case: amd64 + arm64, tags 1.0.0 and latest, built by real rootless BuildKit
+#    running each builder pod's own command (the namespace label selects the double's real mode).
 scenario_everyday() {
   local ns=e2e-everyday
   new_ns $ns
+  kubectl label namespace $ns e2e.multiarch.dev/builder=buildkit >/dev/null
+  local t0=$SECONDS
   mai $ns apiping '["linux/amd64", "linux/arm64"]'
-  kubectl wait -n $ns mai/apiping --for=condition=Ready --timeout=90s >/dev/null || fail "not Ready"
+  kubectl wait -n $ns mai/apiping --for=condition=Ready --timeout=600s >/dev/null || fail "not Ready: $(status $ns apiping '{.status.platforms}')" || return 1
+  local cold=$((SECONDS - t0))
   local commit want
   commit=$(status $ns apiping '{.status.source.commit}')
   want=$(git ls-remote "$E2E_GIT_URL" refs/heads/main | cut -f1)
@@ -104,7 +108,51 @@ scenario_everyday() {
   expect_contains "$(kubectl get mai -n $ns apiping)" "$digest" "kubectl get mai shows the digest" || return 1
   # the rendered builder Jobs pass the real apiserver's validation again
   kubectl get jobs -n $ns -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); [i["metadata"].pop(k, None) for i in d["items"] for k in ("resourceVersion","uid","creationTimestamp","managedFields")]; print(json.dumps(d))' \
-    | kubectl apply --server-side --force-conflicts --field-manager=e2e-dry-run --dry-run=server -f - >/dev/null || fail "builder Jobs rejected by server-side dry run"
+    | kubectl apply --server-side --force-conflicts --field-manager=e2e-dry-run --dry-run=server -f - >/dev/null || fail "builder Jobs rejected by server-side dry run" || return 1
+  real_build_checks $ns "$index" || return 1
+
+  # a second build of the same commit reuses the per-platform registry caches
+  local first_build t1
+  first_build=$(status $ns apiping '{.status.build.id}')
+  t1=$SECONDS
+  kubectl annotate mai -n $ns apiping multiarch.dev/rebuild=second >/dev/null
+  kubectl wait -n $ns mai/apiping --for=jsonpath='{.status.rebuild}'=second --timeout=60s >/dev/null || fail "rebuild not started" || return 1
+  kubectl wait -n $ns mai/apiping --for=condition=Ready --timeout=600s >/dev/null || fail "rebuild not Ready" || return 1
+  local warm=$((SECONDS - t1)) build
+  build=$(status $ns apiping '{.status.build.id}')
+  [ "$build" != "$first_build" ] || fail "the rebuild kept build id $build" || return 1
+  expect_eq "$(status $ns apiping '{.status.source.commit}')" "$commit" "the rebuild's commit" || return 1
+  local uid
+  for arch in amd64 arm64; do
+    uid=$(kubectl get pods -n $ns -l "multiarch.dev/build=$build,multiarch.dev/platform=linux-$arch" -o jsonpath='{.items[0].metadata.uid}')
+    grep -A3 "RUN CGO_ENABLED=0" "/var/tmp/multiarch-e2e-builds/$uid/container.log" | grep -q CACHED \
+      || fail "linux/$arch: the rebuild compiled again instead of using buildcache-$arch" || return 1
+  done
+  real_build_checks $ns "$(raw "$ns/apiping:1.0.0")" || return 1
+  echo "    real two-platform build: ${cold}s cold, ${warm}s with the registry caches (apply to Ready)" >&2
+}
+
+# What only a real build can show: the images run and print their own platform, the per-platform
+# caches exist, and BuildKit's metadata (the termination message) names the image the registry has.
+real_build_checks() { # ns index-json
+  local ns=$1 index=$2 arch digest out
+  local tags; tags=$(tags_of "$ns/apiping")
+  for arch in amd64 arm64; do
+    expect_contains "$tags" "buildcache-$arch" "registry cache of linux/$arch" || return 1
+    digest=$(printf %s "$index" | python3 -c "import json,sys; print([m['digest'] for m in json.load(sys.stdin)['manifests'] if m['platform']['architecture'] == '$arch'][0])")
+    crane export "$E2E_REGISTRY/$ns/apiping@$digest" - | tar -xO app/apiping >"$state/apiping-$arch" || fail "no /app/apiping in the $arch image" || return 1
+    chmod +x "$state/apiping-$arch"
+    expect_eq "$(python3 -c "import sys; b=open(sys.argv[1],'rb').read(20); print(b[:4] == b'\x7fELF', int.from_bytes(b[18:20], 'little'))" "$state/apiping-$arch")" \
+      "True $([ $arch = amd64 ] && echo 62 || echo 183)" "ELF machine of the $arch binary" || return 1
+    if [ $arch = arm64 ]; then out=$(qemu-aarch64-static "$state/apiping-$arch"); else out=$("$state/apiping-$arch"); fi
+    expect_contains "$out" "GOARCH $arch" "the $arch binary's output" || return 1
+    local pod message reported
+    pod=$(kubectl get pods -n $ns -l "multiarch.dev/build=$(status $ns apiping '{.status.build.id}'),multiarch.dev/platform=linux-$arch" -o name | head -n1)
+    message=$(kubectl get -n $ns "$pod" -o jsonpath='{.status.containerStatuses[0].state.terminated.message}')
+    reported=$(printf %s "$message" | python3 -c 'import json,sys; print(json.load(sys.stdin)["containerimage.digest"])') || fail "termination message is not BuildKit metadata: $message" || return 1
+    expect_eq "$reported" "$digest" "linux/$arch: BuildKit's reported digest is the index entry" || return 1
+    expect_eq "sha256:$(raw "$ns/apiping@$reported" | sha256sum | cut -c1-64)" "$reported" "linux/$arch: the registry serves the reported manifest" || return 1
+  done
 }
 
 # 2. No arm64 node: the arm64 builder waits with the scheduler's reason; a new node lets it finish.
