@@ -2,7 +2,8 @@
 # Runs the product locally: the end-to-end environment (a real control plane with simulated amd64
 # and arm64 nodes, a registry, a git server), the operator with its ServiceAccount's RBAC, and a
 # sample MultiArchImage that ends Ready; prints the published index. `make down` stops it all.
-# Builders are finished by the builder test double (it pushes small synthetic images).
+# The builders' own commands run with real rootless BuildKit on this machine (the builder double's
+# real mode), building the sample Go service from the local git server.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -13,10 +14,12 @@ state=${E2E_STATE:-/tmp/multiarch-e2e}
 source "$state/env"
 (cd "$root" && cargo build -q)
 KUBECONFIG=$E2E_OPERATOR_KUBECONFIG setsid "$root/target/debug/multiarch-operator" run \
-  --registry-plain-http --health-addr 127.0.0.1:18081 >"$state/operator.log" 2>&1 < /dev/null &
+  --registry-plain-http --health-addr 127.0.0.1:18081 --metrics-addr 127.0.0.1:18091 >"$state/operator.log" 2>&1 < /dev/null &
 echo $! >"$state/operator.pid"
 
 kubectl create namespace builds --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace builds --overwrite pod-security.kubernetes.io/enforce=privileged \
+  e2e.multiarch.dev/builder=buildkit >/dev/null
 kubectl apply -f - <<YAML
 apiVersion: multiarch.dev/v1alpha1
 kind: MultiArchImage
@@ -28,17 +31,23 @@ spec:
   tags: ["1.0.0", "latest"]
   platforms: ["linux/amd64", "linux/arm64"]
 YAML
-kubectl wait -n builds mai/apiping --for=condition=Ready --timeout=120s
+kubectl wait -n builds mai/apiping --for=condition=Ready --timeout=600s
 kubectl get mai -n builds -o wide
 kubectl get pods -n builds -o custom-columns='BUILDER:.metadata.name,PLATFORM:.metadata.annotations.multiarch\.dev/platform,NODE:.spec.nodeName'
 echo
 echo "The index at $E2E_REGISTRY/team/apiping:1.0.0:"
 skopeo inspect --raw --tls-verify=false "docker://$E2E_REGISTRY/team/apiping:1.0.0" | python3 -m json.tool
+digest=$(skopeo inspect --raw --tls-verify=false "docker://$E2E_REGISTRY/team/apiping:1.0.0" \
+  | python3 -c 'import json,sys; print([m["digest"] for m in json.load(sys.stdin)["manifests"] if m["platform"]["architecture"] == "arm64"][0])')
+crane export "$E2E_REGISTRY/team/apiping@$digest" - | tar -xO app/apiping >"$state/apiping-arm64"
+chmod +x "$state/apiping-arm64"
+echo "The arm64 image's binary, run with qemu-aarch64-static: $(qemu-aarch64-static "$state/apiping-arm64")"
 cat <<TEXT
 
 Everything is still running. Try:
   source $state/env
   kubectl get mai -A
   kubectl describe mai -n builds apiping
+  curl -s 127.0.0.1:18091/metrics | grep ^multiarch_builds
 Stop it with: make down
 TEXT
