@@ -173,6 +173,8 @@ up() {
     --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake --config "$state/stages.yaml" \
     --server-address "127.0.0.1:$KWOK_PORT"
 
+  # every run starts from an empty registry, a fresh repository and no builds of earlier runs
+  rm -rf "$state/registry" "$state/git" /var/tmp/multiarch-e2e-builds
   mkdir -p "$state/registry"
   cat >"$state/registry.yml" <<EOF
 version: 0.1

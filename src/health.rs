@@ -27,25 +27,29 @@ impl Readiness {
     }
 }
 
-/// Serves the health endpoints until the process ends.
-pub async fn serve(addr: SocketAddr, readiness: Readiness) -> std::io::Result<()> {
+/// A plain response: status, content type, body.
+pub(crate) type Reply = (StatusCode, &'static str, Bytes);
+
+/// Serves HTTP/1 on `addr` until the process ends, answering each request with `respond(path)`.
+pub(crate) async fn serve_paths<F>(addr: SocketAddr, what: &str, respond: F) -> std::io::Result<()>
+where
+    F: Fn(&str) -> Reply + Clone + Send + Sync + 'static,
+{
     let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /healthz and /readyz");
+    tracing::info!(%addr, "serving {what}");
     loop {
         let (stream, _) = listener.accept().await?;
-        let readiness = readiness.clone();
+        let respond = respond.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let ready = readiness.is_ready();
+                let (code, content_type, body) = respond(req.uri().path());
                 async move {
-                    let (code, body) = match req.uri().path() {
-                        "/healthz" => (StatusCode::OK, "ok"),
-                        "/readyz" if ready => (StatusCode::OK, "ok"),
-                        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "caches not synced"),
-                        _ => (StatusCode::NOT_FOUND, "not found"),
-                    };
-                    let mut response = Response::new(Full::new(Bytes::from(body)));
+                    let mut response = Response::new(Full::new(body));
                     *response.status_mut() = code;
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(content_type),
+                    );
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
@@ -54,4 +58,18 @@ pub async fn serve(addr: SocketAddr, readiness: Readiness) -> std::io::Result<()
                 .await;
         });
     }
+}
+
+/// Serves the health endpoints until the process ends.
+pub async fn serve(addr: SocketAddr, readiness: Readiness) -> std::io::Result<()> {
+    serve_paths(addr, "/healthz and /readyz", move |path| {
+        let (code, body) = match path {
+            "/healthz" => (StatusCode::OK, "ok"),
+            "/readyz" if readiness.is_ready() => (StatusCode::OK, "ok"),
+            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "caches not synced"),
+            _ => (StatusCode::NOT_FOUND, "not found"),
+        };
+        (code, "text/plain; charset=utf-8", Bytes::from(body))
+    })
+    .await
 }
