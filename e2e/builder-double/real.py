@@ -123,6 +123,9 @@ def run_pod(pod, kubectl, buildkit_bin, work_dir, user, log):
         with open(log_path, "rb") as f:
             lines = f.read().decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
         message = "\n".join(lines)[-2048:]
+    # like the kubelet removing a finished pod's emptyDirs: BuildKit's state is large; the log stays
+    shutil.rmtree(os.path.join(folder, "volumes"), ignore_errors=True)
+    shutil.rmtree(os.path.join(folder, "home"), ignore_errors=True)
     log(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}: real BuildKit build exited {code} "
         f"after {time.monotonic() - started:.1f}s (log: {log_path})")
     return code, message
