@@ -25,6 +25,7 @@ crds:
 
 check-crds:
 	diff -u crds/multiarchimages.multiarch.dev.yaml <($(CARGO) run -q -- crd)
+	diff -u crds/multiarchimages.multiarch.dev.yaml charts/multiarch-operator/files/crds/multiarchimages.multiarch.dev.yaml
 
 ## tools: build (or find cached) the Go-built control plane, kwok, helm, crane, BuildKit
 tools:

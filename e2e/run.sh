@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The end-to-end suite: brings up the environment (e2e/env.sh), runs the operator out of cluster
 # with its ServiceAccount's token (so RBAC is exercised as in a cluster), and runs each scenario in
-# its own namespace, waiting on conditions. Builders are finished by the builder test double
-# (synthetic images); everything else is real. Ends with "N passed, M failed".
+# its own namespace, waiting on conditions. Builder pods are run by the builder test double: with
+# real rootless BuildKit executing the pod's own command in namespaces labelled
+# e2e.multiarch.dev/builder=buildkit, with synthetic images elsewhere (the fault scenarios); see the
+# README for what is real in each scenario. Ends with "N passed, M failed".
 #
 #   e2e/run.sh [SCENARIO...]     default: all scenarios
 set -uo pipefail
