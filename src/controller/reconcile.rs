@@ -166,8 +166,12 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
                 ctx.metrics.published(
                     match &outcome {
                         plan::PublishOutcome::Published { .. } => "published",
-                        plan::PublishOutcome::PlatformMismatch(_) => "PlatformMismatch",
-                        plan::PublishOutcome::Refused(_) => "PublishFailed",
+                        plan::PublishOutcome::PlatformMismatch(_) => {
+                            crate::api::Reason::PlatformMismatch.as_str()
+                        }
+                        plan::PublishOutcome::Refused(_) => {
+                            crate::api::Reason::PublishFailed.as_str()
+                        }
                     },
                     started.elapsed(),
                 );
