@@ -16,7 +16,7 @@ unit:
 ## lint: formatting, clippy, crds/ equal to `multiarch-operator crd`, helm lint of the chart
 lint: check-crds
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	"$$(e2e/tools/build.sh | tail -n1)/helm" lint --strict charts/multiarch-operator
 
 crds:
@@ -31,9 +31,9 @@ check-crds:
 tools:
 	e2e/tools/build.sh
 
-## e2e: the end-to-end suite on a real control plane (skipped with a notice until e2e/run.sh exists)
+## e2e: the typed end-to-end scenarios (e2e/tests/scenarios) on a real control plane
 e2e:
-	@if [ -x e2e/run.sh ]; then e2e/run.sh; else echo "e2e: e2e/run.sh not present yet"; fi
+	e2e/run.sh
 
 ## demo: a local control plane, registry, the operator and a sample MultiArchImage
 demo:

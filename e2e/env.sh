@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The end-to-end environment: a real Kubernetes control plane on loopback (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, built from pinned Go modules), KWOK simulating amd64 and
-# arm64 nodes, a real OCI registry (Debian's docker-registry), a git daemon serving the sample
-# service, and the builder test double (e2e/builder-double/double.py).
+# arm64 nodes, a real OCI registry (Debian's docker-registry), the sample service over git:// (git
+# daemon) and over smart HTTP (git http-backend, one copy behind basic authentication), and the
+# builder test double (e2e/builder-double/double.py).
 #
 #   e2e/env.sh up [--no-arm64]      start everything (stops a previous run first)
 #   e2e/env.sh down                 stop everything it started, by pid
@@ -17,7 +18,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 state=${E2E_STATE:-/tmp/multiarch-e2e}
 etcd_data=/dev/shm/multiarch-e2e-etcd
-API_PORT=16443 ETCD_PORT=12379 ETCD_PEER_PORT=12380 REGISTRY_PORT=15001 GIT_PORT=19418
+API_PORT=16443 ETCD_PORT=12379 ETCD_PEER_PORT=12380 REGISTRY_PORT=15001 GIT_PORT=19418 GIT_HTTP_PORT=19419
 KCM_PORT=20257 SCHED_PORT=20259 KWOK_PORT=20263
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -118,7 +119,7 @@ stages() { # KWOK's own node and pod stages, plus the builder-finish stage of th
   done
 }
 
-sample_repo() { # a bare repository of e2e/sample, branch main, tag v1.0.0
+sample_repo() { # bare repositories of e2e/sample, branch main, tag v1.0.0: public, and a private copy
   local work=$state/git/work
   rm -rf "$state/git"; mkdir -p "$work"
   cp -r "$here/sample/." "$work/"
@@ -128,6 +129,11 @@ sample_repo() { # a bare repository of e2e/sample, branch main, tag v1.0.0
   git clone -q --bare "$work" "$state/git/sample.git"
   # BuildKit fetches the resolved commit by its id, as public forges allow
   git -C "$state/git/sample.git" config uploadpack.allowReachableSHA1InWant true
+  rm -rf "$state/git-private"; mkdir -p "$state/git-private"
+  git clone -q --bare "$state/git/sample.git" "$state/git-private/sample.git"
+  git -C "$state/git-private/sample.git" config uploadpack.allowReachableSHA1InWant true
+  # the private copy's token: a fresh random one each run
+  python3 -c 'import secrets; print(secrets.token_hex(20))' >"$state/git-private.token"
 }
 
 up() {
@@ -188,7 +194,11 @@ EOF
   sample_repo
   start git-daemon "$(git --exec-path)/git-daemon" --export-all --reuseaddr --listen=127.0.0.1 \
     --port="$GIT_PORT" --base-path="$state/git" "$state/git"
+  start git-http python3 "$here/git-http/server.py" --listen "127.0.0.1:$GIT_HTTP_PORT" \
+    --public "$state/git" --private "$state/git-private" --user x-access-token \
+    --password-file "$state/git-private.token"
   wait_for registry 30 curl -sf "http://127.0.0.1:$REGISTRY_PORT/v2/"
+  wait_for "git over HTTP" 30 git ls-remote "http://127.0.0.1:$GIT_HTTP_PORT/public/sample.git"
   # real BuildKit for the builder double's real mode, and the base images the sample builds FROM
   local buildkit_bin
   buildkit_bin=$("$here/buildkit/install.sh" "$bin" | tail -n1)
@@ -222,6 +232,10 @@ export KUBECONFIG=$state/admin.kubeconfig
 export E2E_OPERATOR_KUBECONFIG=$state/operator.kubeconfig
 export E2E_REGISTRY=127.0.0.1:$REGISTRY_PORT
 export E2E_GIT_URL=git://127.0.0.1:$GIT_PORT/sample.git
+export E2E_GIT_HTTP_URL=http://127.0.0.1:$GIT_HTTP_PORT/public/sample.git
+export E2E_GIT_PRIVATE_URL=http://127.0.0.1:$GIT_HTTP_PORT/private/sample.git
+export E2E_GIT_USER=x-access-token
+export E2E_GIT_PASSWORD=$(cat "$state/git-private.token")
 EOF
   log "up in $((SECONDS - started))s; source $state/env"
 }

@@ -68,6 +68,10 @@ struct RunArgs {
     /// How long finished builders are kept.
     #[arg(long, env = "MULTIARCH_FINISHED_BUILDER_TTL", default_value = "1h")]
     finished_builder_ttl: String,
+    /// How often an unavailable source (denied access, missing revision or Secret) is tried
+    /// again, so that a fixed Secret or a pushed branch is noticed without a spec change.
+    #[arg(long, env = "MULTIARCH_SOURCE_RETRY_INTERVAL", default_value = "1m")]
+    source_retry_interval: String,
     /// Talk plain HTTP to registries.
     #[arg(long, env = "MULTIARCH_REGISTRY_PLAIN_HTTP")]
     registry_plain_http: bool,
@@ -178,6 +182,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry_insecure: args.registry_insecure,
         registry_ca_file: args.registry_ca_file,
         leader_election,
+        source_retry: parse_duration(&args.source_retry_interval)?,
     };
     let metrics = Metrics::new();
     let counter = metrics.clone();

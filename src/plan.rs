@@ -122,6 +122,8 @@ pub struct Observed<'a> {
     pub revision: &'a str,
     /// How long finished builders are kept.
     pub finished_ttl: Duration,
+    /// When an unavailable source is tried again.
+    pub source_retry: Duration,
 }
 
 /// One thing to do.
@@ -208,7 +210,7 @@ pub fn plan(desired: &DesiredBuild, observed: &Observed<'_>, now: Timestamp) -> 
                     now,
                     observed.generation,
                 );
-                return finish(prev, status, actions, Some(Duration::from_secs(300)));
+                return finish(prev, status, actions, Some(observed.source_retry));
             }
             (None, None) => {
                 // the caller resolves the source first (see needs_source); nothing to decide yet

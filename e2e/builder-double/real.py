@@ -47,10 +47,23 @@ def _prepare(pod, container, folder, user, kubectl):
     namespace = pod["metadata"]["namespace"]
     volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
     mounts = []
-    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    env = {}
     for e in container.get("env", []):
-        if "valueFrom" in e:
-            raise Unsupported(f"env {e['name']} uses valueFrom")
+        if "valueFrom" not in e:
+            env[e["name"]] = e.get("value", "")
+            continue
+        # as the kubelet does: a Secret key, left out when optional and missing
+        ref = e["valueFrom"].get("secretKeyRef")
+        if ref is None:
+            raise Unsupported(f"env {e['name']} uses valueFrom other than secretKeyRef")
+        try:
+            data = _secret_files(namespace, ref["name"], None, kubectl)
+        except subprocess.CalledProcessError:
+            data = {}
+        if ref["key"] in data:
+            env[e["name"]] = data[ref["key"]].decode()
+        elif not ref.get("optional"):
+            raise Unsupported(f"env {e['name']}: Secret {ref['name']} has no key {ref['key']}")
     home = env.get("HOME")
     if home:
         host = os.path.join(folder, "home")

@@ -48,6 +48,9 @@ pub struct Settings {
     pub registry_ca_file: Option<std::path::PathBuf>,
     /// Leader election; `None` reconciles at once (a single replica).
     pub leader_election: Option<leader::LeaderElection>,
+    /// How often a source that could not be resolved (missing revision, denied access, a
+    /// missing Secret) is tried again without any change to the object.
+    pub source_retry: std::time::Duration,
 }
 
 /// Shared state of the reconcilers.

@@ -87,6 +87,7 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
             source,
             revision: &obj.spec.source.git.revision,
             finished_ttl: ctx.settings.defaults.finished_ttl,
+            source_retry: ctx.settings.source_retry,
         },
         now,
     );

@@ -98,6 +98,7 @@ fn run(
             source,
             revision: "main",
             finished_ttl: Duration::from_secs(3600),
+            source_retry: Duration::from_secs(60),
         },
         now,
     )
@@ -178,6 +179,8 @@ fn unavailable_source_stalls_with_source_unavailable() {
     let stalled = condition(&p.status, "Stalled").unwrap();
     assert_eq!(stalled.reason, "SourceUnavailable");
     assert!(stalled.message.contains("nope"));
+    // tried again at the operator's source retry interval, without a change to the object
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(60)));
 }
 
 #[test]

@@ -1,0 +1,293 @@
+//! The object's life: spec changes, deletion, the operator crashing at fixed points, finished
+//! builders cleaned up.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use multiarch_e2e::operator::{self, Options};
+use multiarch_e2e::registry::{digest, raw, tags};
+use multiarch_e2e::{Access, Scenario};
+use multiarch_operator::api::{Phase, PlatformPhase};
+use serde_json::json;
+
+use crate::faults::{build_id, fault};
+
+fn digest_of(o: &multiarch_operator::api::MultiArchImage) -> Option<String> {
+    o.status.as_ref().and_then(|s| s.digest.clone())
+}
+
+#[tokio::test]
+async fn a_tags_change_republishes_without_builders_and_a_build_arg_change_rebuilds() {
+    let s = Scenario::start("spec_change", "e2e-change", Access::Shared).await;
+    s.apply(&s.mai("app", &["linux/amd64", "linux/arm64"]))
+        .await;
+    let o = s.wait_ready("app", 90).await;
+    let jobs_before = s.job_names("").await;
+    let first_build = build_id(&o);
+    let index = digest_of(&o).expect("a published digest");
+
+    s.patch("app", json!({"spec": {"tags": ["1.0.1", "latest"]}}))
+        .await;
+    let o = s
+        .wait("app", "generation 2 Ready", 60, |o| {
+            o.status.as_ref().and_then(|st| st.observed_generation) == Some(2)
+                && o.status.as_ref().and_then(|st| st.phase) == Some(Phase::Succeeded)
+        })
+        .await;
+    assert_eq!(
+        s.job_names("").await,
+        jobs_before,
+        "builders after a tags-only change"
+    );
+    assert_eq!(
+        build_id(&o),
+        first_build,
+        "a tags-only change keeps the build"
+    );
+    assert_eq!(
+        digest(&raw(&format!("{}/app:1.0.1", s.ns))),
+        index,
+        "1.0.1 is the same index"
+    );
+
+    s.patch(
+        "app",
+        json!({"spec": {"buildArgs": [{"name": "VERSION", "value": "2"}]}}),
+    )
+    .await;
+    let o = s
+        .wait("app", "generation 3 Ready", 90, |o| {
+            o.status.as_ref().and_then(|st| st.observed_generation) == Some(3)
+                && o.status.as_ref().and_then(|st| st.phase) == Some(Phase::Succeeded)
+        })
+        .await;
+    let second_build = build_id(&o);
+    assert_ne!(
+        second_build, first_build,
+        "a build-arg change is a new build"
+    );
+    let new_jobs = s
+        .job_names(&format!("multiarch.dev/build={second_build}"))
+        .await;
+    assert_eq!(new_jobs.len(), 2, "builders of the new build: {new_jobs:?}");
+    assert!(
+        new_jobs.iter().all(|j| !jobs_before.contains(j)),
+        "the new build's builders are new Jobs: {new_jobs:?} vs {jobs_before:?}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_objects_stops_their_builders_and_keeps_the_published_tags() {
+    let s = Scenario::start("delete", "e2e-delete", Access::Shared).await;
+    s.apply(&s.mai("app", &["linux/amd64", "linux/arm64"]))
+        .await;
+    s.wait_ready("app", 90).await;
+    let mut stuck = s.mai("stuck", &["linux/amd64", "linux/arm64"]);
+    stuck.metadata.annotations = Some(fault("linux-arm64", "hang"));
+    s.apply(&stuck).await;
+    s.wait("stuck", "arm64 Building", 60, |o| {
+        o.status
+            .as_ref()
+            .and_then(|st| st.platforms.get(1))
+            .map(|p| p.phase)
+            == Some(PlatformPhase::Building)
+    })
+    .await;
+    assert!(
+        !s.pods("multiarch.dev/image=stuck").await.is_empty(),
+        "a running builder pod"
+    );
+    for name in ["app", "stuck"] {
+        s.mais()
+            .delete(name, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting {name}: {e}"));
+    }
+    s.poll("every builder Job and Pod gone", 60, || async {
+        (s.jobs("").await.is_empty() && s.pods("").await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        tags(&format!("{}/app", s.ns)),
+        ["1.0.0", "1.0.0-amd64", "1.0.0-arm64", "latest"],
+        "tags after deletion"
+    );
+}
+
+/// The operator is killed (`MULTIARCH_FAILPOINT` aborts the process) right after creating
+/// builders, with one platform built, and after pushing the index but before writing status.
+#[tokio::test]
+async fn an_operator_killed_at_any_point_resumes_without_duplicate_builders_or_a_new_index() {
+    let s = Scenario::start("operator_restart", "e2e-restart", Access::Exclusive).await;
+    let blocking = |f: fn()| tokio::task::spawn_blocking(f);
+
+    // builders just created, status not written
+    operator::stop("KILL");
+    let pid = tokio::task::spawn_blocking(|| {
+        operator::start(&Options {
+            failpoint: Some("after-builders-created".into()),
+            ..Default::default()
+        })
+    })
+    .await
+    .expect("starting");
+    s.apply(&s.mai("early", &["linux/amd64", "linux/arm64"]))
+        .await;
+    tokio::task::spawn_blocking(move || operator::wait_exit(pid, Duration::from_secs(60)))
+        .await
+        .expect("waiting");
+    assert_eq!(
+        s.job_names("multiarch.dev/image=early").await.len(),
+        2,
+        "builders before the crash"
+    );
+    let before = s.get("early").await;
+    assert!(
+        before
+            .status
+            .as_ref()
+            .is_none_or(|st| st.platforms.is_empty()),
+        "no platform status was written before the crash: {:?}",
+        before.status
+    );
+    blocking(operator::ensure_default)
+        .await
+        .expect("restarting");
+    s.wait_ready("early", 90).await;
+    assert_eq!(
+        s.job_names("multiarch.dev/image=early").await.len(),
+        2,
+        "builders after the restart"
+    );
+
+    // one platform built, the other still building
+    let mut middle = s.mai("middle", &["linux/amd64", "linux/arm64"]);
+    middle.metadata.annotations = Some(fault("linux-arm64", "hang"));
+    s.apply(&middle).await;
+    s.wait("middle", "amd64 Built", 60, |o| {
+        o.status
+            .as_ref()
+            .and_then(|st| st.platforms.first())
+            .map(|p| p.phase)
+            == Some(PlatformPhase::Built)
+    })
+    .await;
+    let jobs_before = s.jobs("multiarch.dev/image=middle").await;
+    blocking(|| operator::stop("KILL")).await.expect("killing");
+    blocking(operator::ensure_default)
+        .await
+        .expect("restarting");
+    // a tags-only change: the new generation in status proves the restarted operator looked
+    s.patch(
+        "middle",
+        json!({"spec": {"tags": ["1.0.0", "latest", "seen"]}}),
+    )
+    .await;
+    s.wait("middle", "generation 2 observed while Building", 60, |o| {
+        o.status.as_ref().and_then(|st| st.observed_generation) == Some(2)
+            && o.status.as_ref().and_then(|st| st.phase) == Some(Phase::Building)
+    })
+    .await;
+    let jobs_after = s.jobs("multiarch.dev/image=middle").await;
+    let uids = |jobs: &[k8s_openapi::api::batch::v1::Job]| -> BTreeSet<String> {
+        jobs.iter().filter_map(|j| j.metadata.uid.clone()).collect()
+    };
+    assert_eq!(jobs_after.len(), 2, "builders after a restart mid-build");
+    assert_eq!(
+        uids(&jobs_after),
+        uids(&jobs_before),
+        "the same builders carry on"
+    );
+
+    // the index pushed to every tag, status not written
+    blocking(|| operator::stop("KILL")).await.expect("killing");
+    let pid = tokio::task::spawn_blocking(|| {
+        operator::start(&Options {
+            failpoint: Some("after-index-pushed".into()),
+            ..Default::default()
+        })
+    })
+    .await
+    .expect("starting");
+    s.apply(&s.mai("late", &["linux/amd64", "linux/arm64"]))
+        .await;
+    tokio::task::spawn_blocking(move || operator::wait_exit(pid, Duration::from_secs(60)))
+        .await
+        .expect("waiting");
+    let pushed = digest(&raw(&format!("{}/late:latest", s.ns)));
+    assert_eq!(
+        digest_of(&s.get("late").await),
+        None,
+        "status digest before the restart"
+    );
+    blocking(operator::ensure_default)
+        .await
+        .expect("restarting");
+    let o = s.wait_ready("late", 90).await;
+    assert_eq!(
+        digest_of(&o),
+        Some(pushed),
+        "the republished index is the same index"
+    );
+    assert_eq!(
+        s.job_names("multiarch.dev/image=late").await.len(),
+        2,
+        "builders of late"
+    );
+}
+
+#[tokio::test]
+async fn finished_builders_are_deleted_after_their_ttl_except_the_last_failed_one() {
+    let s = Scenario::start("cleanup_ttl", "e2e-ttl", Access::Exclusive).await;
+    tokio::task::spawn_blocking(|| {
+        operator::stop("TERM");
+        operator::start(&Options {
+            args: vec!["--finished-builder-ttl".into(), "5s".into()],
+            ..Default::default()
+        });
+    })
+    .await
+    .expect("restarting with a short TTL");
+    let mut app = s.mai("app", &["linux/amd64", "linux/arm64"]);
+    app.spec.retries = 1;
+    app.metadata.annotations = Some(fault("linux-amd64", "fail-once"));
+    s.apply(&app).await;
+    let o = s.wait_ready("app", 90).await;
+    let build = build_id(&o);
+    // three Jobs: amd64 attempts 1 (failed) and 2, arm64 attempt 1
+    let kept = s
+        .poll("finished builders cleaned up", 60, || async {
+            let names = s.job_names("").await;
+            (names.len() == 1).then_some(names)
+        })
+        .await;
+    assert_eq!(
+        kept,
+        [format!("app-{build}-linux-amd64-1")],
+        "the failed builder is kept"
+    );
+    assert!(
+        s.pods("multiarch.dev/platform=linux-arm64")
+            .await
+            .is_empty(),
+        "pods of deleted builders"
+    );
+    let o = s.get("app").await;
+    let status = o.status.expect("a status");
+    assert_eq!(
+        status.phase,
+        Some(Phase::Succeeded),
+        "status after the clean-up"
+    );
+    assert!(
+        status.platforms.iter().all(|p| p
+            .digest
+            .as_deref()
+            .is_some_and(|d| d.starts_with("sha256:"))),
+        "digests stay in status: {:?}",
+        status.platforms
+    );
+    tokio::task::spawn_blocking(|| operator::stop("TERM"))
+        .await
+        .expect("stopping");
+}

@@ -1,0 +1,138 @@
+//! Sources over smart HTTP (`git http-backend`), public and private: the revision is resolved
+//! with the ref advertisement, the builder fetches the commit with the token from
+//! `source.git.secretRef`, a wrong token says so without naming any secret, and a fixed Secret is
+//! noticed without a new generation (the operator retries an unavailable source every
+//! `--source-retry-interval`; the suite runs it with 5 s).
+
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::Api;
+use multiarch_e2e::cmd::kubectl;
+use multiarch_e2e::operator;
+use multiarch_e2e::registry::{digest, raw};
+use multiarch_e2e::scenario::condition;
+use multiarch_e2e::{env, Access, Scenario};
+use multiarch_operator::api::{LocalObjectReference, Phase};
+use serde_json::json;
+
+use crate::build::{ls_remote_main, real_build_checks, REAL};
+use crate::faults::label_namespace;
+
+fn token_secret(token: &str) -> Secret {
+    serde_json::from_value(json!({
+        "metadata": {"name": "git-auth"},
+        "stringData": {"token": token},
+    }))
+    .expect("a Secret")
+}
+
+#[tokio::test]
+async fn builds_from_public_and_private_smart_http_and_a_fixed_token_is_noticed() {
+    let s = Scenario::start("git_http", "e2e-git-http", Access::Shared).await;
+    label_namespace(&s, &s.ns, REAL.0, REAL.1).await;
+    let env = env();
+
+    // public, over smart HTTP, built by real BuildKit
+    let mut public = s.mai("public", &["linux/amd64"]);
+    public.spec.source.git.url = env.git_http_url.clone();
+    s.apply(&public).await;
+    let o = s.wait_ready("public", 600).await;
+    let commit = o
+        .status
+        .as_ref()
+        .and_then(|st| st.source.as_ref())
+        .map(|st| st.commit.clone());
+    assert_eq!(
+        commit.as_deref(),
+        Some(ls_remote_main(&env.git_http_url).as_str())
+    );
+    let index = raw(&format!("{}/public:1.0.0", s.ns));
+    assert_eq!(
+        Some(digest(&index)),
+        o.status.as_ref().and_then(|st| st.digest.clone())
+    );
+    real_build_checks(&s, &o, &serde_json::from_slice(&index).expect("index JSON")).await;
+
+    // private, with a wrong token first
+    let wrong = "wrong-token-0123456789abcdef";
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    secrets
+        .create(&PostParams::default(), &token_secret(wrong))
+        .await
+        .expect("creating the Secret");
+    let mut private = s.mai("private", &["linux/amd64"]);
+    private.spec.source.git.url = env.git_private_url.clone();
+    private.spec.source.git.secret_ref = Some(LocalObjectReference {
+        name: "git-auth".into(),
+    });
+    s.apply(&private).await;
+    let o = s
+        .wait_reason("private", "Ready", "SourceUnavailable", 60)
+        .await;
+    let message = condition(&o, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("denied"),
+        "says access was denied: {message}"
+    );
+    assert!(
+        !message.contains(wrong),
+        "the message names the token: {message}"
+    );
+    assert_eq!(
+        o.status.as_ref().and_then(|st| st.phase),
+        Some(Phase::Failed)
+    );
+    assert!(
+        s.job_names("").await.is_empty(),
+        "no builder for an unavailable source"
+    );
+    let generation = o.metadata.generation;
+
+    // the fixed Secret is noticed without a new generation
+    secrets
+        .patch(
+            "git-auth",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"token": env.git_password}})),
+        )
+        .await
+        .expect("fixing the Secret");
+    let o = s.wait_ready("private", 600).await;
+    assert_eq!(
+        o.metadata.generation, generation,
+        "no new generation was needed"
+    );
+    let commit = o
+        .status
+        .as_ref()
+        .and_then(|st| st.source.as_ref())
+        .map(|st| st.commit.clone());
+    assert_eq!(
+        commit.as_deref(),
+        Some(ls_remote_main(&env.git_url).as_str())
+    );
+    let index = raw(&format!("{}/private:1.0.0", s.ns));
+    real_build_checks(&s, &o, &serde_json::from_slice(&index).expect("index JSON")).await;
+
+    // neither token appears in status, Events, Jobs or the operator's log
+    let mut seen = serde_json::to_string(
+        &s.mais()
+            .list(&ListParams::default())
+            .await
+            .expect("listing"),
+    )
+    .unwrap_or_default();
+    let events: Api<Event> = Api::namespaced(s.client.clone(), &s.ns);
+    seen += &serde_json::to_string(&events.list(&ListParams::default()).await.expect("events"))
+        .unwrap_or_default();
+    seen += &kubectl(&["get", "jobs,pods", "-n", &s.ns, "-o", "json"]);
+    seen += &operator::log_since(0);
+    for token in [wrong, env.git_password.as_str()] {
+        assert!(
+            !seen.contains(token),
+            "a git token appears in status, Events, builders or the operator log"
+        );
+    }
+}
