@@ -27,14 +27,23 @@ pub fn output(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = c
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    if let Some(input) = stdin {
+    // standard input is fed from another thread while the output is read, so that a command
+    // whose output fills its pipe before it has read all its input does not deadlock
+    let feeder = stdin.map(|input| {
         let mut pipe = child.stdin.take().expect("stdin is piped");
-        pipe.write_all(input)
+        let input = input.to_vec();
+        std::thread::spawn(move || pipe.write_all(&input))
+    });
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {program}: {e}"));
+    if let Some(feeder) = feeder {
+        feeder
+            .join()
+            .expect("the stdin thread")
             .unwrap_or_else(|e| panic!("writing to {program}: {e}"));
     }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("waiting for {program}: {e}"))
+    out
 }
 
 /// Runs `program args` and returns its standard output; a non-zero exit fails the test with the

@@ -24,7 +24,9 @@ pub fn tags(repo: &str) -> Vec<String> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         assert!(
-            stderr.contains("name unknown") || stderr.contains("NAME_UNKNOWN"),
+            stderr.contains("name unknown")
+                || stderr.contains("NAME_UNKNOWN")
+                || stderr.contains("registry 404 (Not Found)"),
             "listing the tags of {repo} failed, and not because the repository is missing: {stderr}"
         );
         return Vec::new();

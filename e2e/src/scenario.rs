@@ -328,10 +328,12 @@ impl Scenario {
 
     /// The operator's log lines about this scenario's namespace since it started.
     pub fn operator_log(&self) -> String {
-        let needle = format!("\"namespace\":\"{}\"", self.ns);
+        // text logs say namespace="ns", JSON logs "namespace":"ns"
+        let text = format!("namespace=\"{}\"", self.ns);
+        let json = format!("\"namespace\":\"{}\"", self.ns);
         operator::log_since(self.log_offset)
             .lines()
-            .filter(|l| l.contains(&needle))
+            .filter(|l| l.contains(&text) || l.contains(&json))
             .collect::<Vec<_>>()
             .join("\n")
     }

@@ -85,7 +85,7 @@ async fn builds_from_public_and_private_smart_http_and_a_fixed_token_is_noticed(
         Some(Phase::Failed)
     );
     assert!(
-        s.job_names("").await.is_empty(),
+        s.job_names("multiarch.dev/image=private").await.is_empty(),
         "no builder for an unavailable source"
     );
     let generation = o.metadata.generation;
