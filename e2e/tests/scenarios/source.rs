@@ -99,6 +99,10 @@ async fn builds_from_public_and_private_smart_http_and_a_fixed_token_is_noticed(
         )
         .await
         .expect("fixing the Secret");
+    s.wait("private", "the private source resolved", 60, |o| {
+        o.status.as_ref().is_some_and(|st| st.source.is_some())
+    })
+    .await;
     let o = s.wait_ready("private", 600).await;
     assert_eq!(
         o.metadata.generation, generation,
