@@ -85,6 +85,15 @@ pub fn running() -> Option<u32> {
 /// Starts a process of the operator binary with `args` and environment `vars`, appending to
 /// `log`; returns its pid. The caller waits for whatever readiness it needs.
 pub fn spawn(args: &[String], vars: &[(String, String)], log: &std::path::Path) -> u32 {
+    spawn_with(args, vars, log, false)
+}
+
+fn spawn_with(
+    args: &[String],
+    vars: &[(String, String)],
+    log: &std::path::Path,
+    clean: bool,
+) -> u32 {
     let env = env();
     let out = OpenOptions::new()
         .create(true)
@@ -92,7 +101,11 @@ pub fn spawn(args: &[String], vars: &[(String, String)], log: &std::path::Path) 
         .open(log)
         .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
     let err = out.try_clone().expect("a second handle on the log");
-    let child = Command::new(&env.operator_bin)
+    let mut command = Command::new(&env.operator_bin);
+    if clean {
+        command.env_clear();
+    }
+    let child = command
         .args(args)
         .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("PATH", env.path())
@@ -108,6 +121,17 @@ pub fn spawn(args: &[String], vars: &[(String, String)], log: &std::path::Path) 
         .unwrap_or_else(|e| e.into_inner())
         .push(child);
     pid
+}
+
+/// [`spawn`] with only `vars`, `PATH` and `HOME` in the environment (like `env -i`): the
+/// process sees exactly what a pod's container would be given.
+pub fn spawn_clean(args: &[String], vars: &[(String, String)], log: &std::path::Path) -> u32 {
+    let mut all = vec![(
+        "HOME".to_string(),
+        std::env::var("HOME").unwrap_or_else(|_| "/".into()),
+    )];
+    all.extend(vars.iter().cloned());
+    spawn_with(args, &all, log, true)
 }
 
 /// Starts an instance on the default addresses and waits until it is ready (60 s at most).

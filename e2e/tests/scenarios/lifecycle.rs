@@ -258,7 +258,7 @@ async fn finished_builders_are_deleted_after_their_ttl_except_the_last_failed_on
     let kept = s
         .poll("finished builders cleaned up", 60, || async {
             let names = s.job_names("").await;
-            (names.len() == 1).then_some(names)
+            (names.len() <= 1).then_some(names)
         })
         .await;
     assert_eq!(

@@ -5,7 +5,9 @@
 //! Each module groups the scenarios of one concern; each test states the behaviour it proves.
 
 mod build;
+mod election;
 mod faults;
 mod lifecycle;
 mod nodes;
+mod release;
 mod source;
