@@ -257,6 +257,8 @@ down() {
     kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
     rm -f "$f"
   done
+  # operator processes the scenarios started and no pid file names any more
+  pkill -KILL -f "^$state/bin/multiarch-operator " 2>/dev/null || true
   rm -rf "$etcd_data"
   log "stopped"
 }

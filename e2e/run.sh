@@ -21,7 +21,9 @@ echo "[e2e] building the operator and the scenarios" >&2
 cargo build -q --bin multiarch-operator
 cargo test -q -p multiarch-e2e --test scenarios --no-run
 mkdir -p "$state/bin"
-cp "$target/debug/multiarch-operator" "$state/bin/multiarch-operator"
+# copied, then renamed into place: a process still running the previous binary keeps its file
+cp "$target/debug/multiarch-operator" "$state/bin/multiarch-operator.new"
+mv -f "$state/bin/multiarch-operator.new" "$state/bin/multiarch-operator"
 : >"$state/operator.log"
 started=$SECONDS
 status=0

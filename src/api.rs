@@ -434,9 +434,34 @@ impl Phase {
     }
 }
 
+/// The CRD: the schema derived from the types, plus a default for `status`.
+///
+/// `status` defaults to `{observedGeneration: 0}`, so that an object the operator has not
+/// looked at yet reads as in progress to kstatus (Flux's health checks, `kubectl wait`): with no
+/// status at all kstatus calls it Current, and a Flux `Kustomization` with `wait: true` would
+/// pass before any build started. The apiserver applies the default on create and when it reads
+/// objects stored without a status.
+pub fn crd(
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    let mut crd = MultiArchImage::crd();
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(JSON(serde_json::json!({"observedGeneration": 0})));
+        }
+    }
+    crd
+}
+
 /// The CRD as YAML, exactly what `multiarch-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> String {
-    let crd = MultiArchImage::crd();
+    let crd = crd();
     // serializing a CRD cannot fail: it is plain data with string keys
     let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
     format!("---\n{yaml}")
@@ -469,6 +494,22 @@ mod tests {
         assert_eq!(spec.source.git.revision, "HEAD");
         assert!(spec.platform_tags);
         assert_eq!(spec.retries, 2);
+    }
+
+    #[test]
+    fn status_defaults_to_generation_zero_so_a_new_object_is_in_progress() {
+        let crd = crd();
+        let status = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| s.properties.as_ref())
+            .and_then(|p| p.get("status"))
+            .expect("a status schema");
+        assert_eq!(
+            status.default.as_ref().map(|d| &d.0),
+            Some(&serde_json::json!({"observedGeneration": 0}))
+        );
     }
 
     #[test]

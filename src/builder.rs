@@ -91,9 +91,16 @@ pub fn job_name(object: &str, build_id: &str, platform: &Platform, attempt: u32)
         slug = short_hash(&slug);
     }
     let room = MAX_NAME_LEN - tail_len(&slug);
-    let head: String = object.chars().take(room).collect();
-    let head = head.trim_end_matches(['-', '.']);
-    format!("{head}-{build_id}-{slug}-{attempt}")
+    if object.len() <= room {
+        let object = object.trim_end_matches(['-', '.']);
+        return format!("{object}-{build_id}-{slug}-{attempt}");
+    }
+    // cut, and followed by a hash of the whole name, so that two objects sharing a long prefix
+    // never get the same builder names
+    let hash = short_hash(object);
+    let prefix: String = object.chars().take(room - hash.len() - 1).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    format!("{prefix}-{hash}-{build_id}-{slug}-{attempt}")
 }
 
 fn short_hash(s: &str) -> String {
@@ -626,6 +633,25 @@ mod tests {
         }
         let n = job_name("my-app-", "1a2b3c4d", &p, 1);
         assert!(!n.contains("--"), "{n}");
+    }
+
+    #[test]
+    fn objects_sharing_a_long_prefix_get_different_builder_names() {
+        let p: Platform = "linux/arm64".parse().unwrap();
+        let prefix = "team-payments-settlement-reconciliation-service-";
+        let a = job_name(&format!("{prefix}api"), "1a2b3c4d", &p, 1);
+        let b = job_name(&format!("{prefix}worker"), "1a2b3c4d", &p, 1);
+        assert_ne!(a, b);
+        for n in [&a, &b] {
+            assert!(n.len() <= MAX_NAME_LEN, "{n}");
+            assert!(n.starts_with("team-payments-"), "{n}");
+            assert!(n.ends_with("-1a2b3c4d-linux-arm64-1"), "{n}");
+        }
+        // a name that fits is kept whole, with no hash
+        assert_eq!(
+            job_name("apiping", "1a2b3c4d", &p, 2),
+            "apiping-1a2b3c4d-linux-arm64-2"
+        );
     }
 
     #[test]

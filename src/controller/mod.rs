@@ -76,6 +76,10 @@ pub enum Error {
     Source(String),
     #[error("object has no namespace or name")]
     MissingMetadata,
+    /// A Job with a builder's name exists but belongs to another object (for example the
+    /// predecessor of an object deleted and created again, not yet garbage-collected).
+    #[error("builder {0} exists but is not owned by this object; waiting for it to go away")]
+    BuilderNameTaken(String),
 }
 
 impl Error {
@@ -86,6 +90,7 @@ impl Error {
             Error::Registry(_) => "registry",
             Error::Source(_) => "source",
             Error::MissingMetadata => "metadata",
+            Error::BuilderNameTaken(_) => "builder_name_taken",
         }
     }
 }

@@ -69,7 +69,8 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
     if !super::ready_now(&ctx.jobs) || !super::ready_now(&ctx.pods) {
         return Ok(Requeue::requeue(Duration::from_secs(1)));
     }
-    let (jobs, pods) = builders_of(&ctx, &ns, &name);
+    let uid = obj.metadata.uid.clone().ok_or(Error::MissingMetadata)?;
+    let (jobs, pods) = builders_of(&ctx, &ns, &name, &uid);
     let builders = observe_builders(&ctx, &obj, &desired, &prev, &jobs, &pods).await?;
 
     let source = if needs_source(&desired, &prev, &builders) {
@@ -246,29 +247,42 @@ fn count_finished_builds(
     }
 }
 
-/// The builder Jobs and Pods of one object, from the reflector stores.
-fn builders_of(ctx: &Context, ns: &str, name: &str) -> (Vec<Job>, Vec<Pod>) {
+/// The builder Jobs and Pods of one object, from the reflector stores: Jobs whose owner
+/// reference carries the object's uid (a Job left by an earlier object of the same name is not
+/// adopted), and the Pods of those Jobs.
+fn builders_of(ctx: &Context, ns: &str, name: &str, uid: &str) -> (Vec<Job>, Vec<Pod>) {
     let selector = crate::builder::object_selector(name);
     let wanted = selector.get(LABEL_IMAGE).cloned().unwrap_or_default();
-    let mine = |meta: &kube::api::ObjectMeta| {
+    let labelled = |meta: &kube::api::ObjectMeta| {
         meta.namespace.as_deref() == Some(ns)
             && meta.labels.as_ref().and_then(|l| l.get(LABEL_IMAGE)) == Some(&wanted)
     };
-    let jobs = ctx
+    let jobs: Vec<Job> = ctx
         .jobs
         .state()
         .iter()
-        .filter(|j| mine(&j.metadata))
+        .filter(|j| labelled(&j.metadata) && owned_by(&j.metadata, uid))
         .map(|j| (**j).clone())
+        .collect();
+    let job_uids: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.metadata.uid.as_deref())
         .collect();
     let pods = ctx
         .pods
         .state()
         .iter()
-        .filter(|p| mine(&p.metadata))
+        .filter(|p| labelled(&p.metadata) && job_uids.iter().any(|job| owned_by(&p.metadata, job)))
         .map(|p| (**p).clone())
         .collect();
     (jobs, pods)
+}
+
+/// Whether an owner reference of `meta` carries `uid`.
+fn owned_by(meta: &kube::api::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .as_ref()
+        .is_some_and(|refs| refs.iter().any(|r| r.uid == uid))
 }
 
 /// Observes every builder; a builder of the current build that completed has its reported digest
@@ -410,8 +424,8 @@ fn git_credentials(secret: &Secret) -> GitCredentials {
 async fn create_builder(ctx: &Context, ns: &str, job: &Job) -> Result<Result<(), String>, Error> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let jobs = Api::<Job>::namespaced(ctx.client.clone(), ns);
-    if jobs.get_opt(&name).await?.is_some() {
-        return Ok(Ok(()));
+    if let Some(existing) = jobs.get_opt(&name).await? {
+        return adopt(job, &existing).map(Ok);
     }
     let template = job
         .spec
@@ -467,7 +481,10 @@ async fn create_builder(ctx: &Context, ns: &str, job: &Job) -> Result<Result<(),
             info!(platform, builder = name, "created builder");
             Ok(Ok(()))
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Ok(())),
+        Err(kube::Error::Api(e)) if e.code == 409 => match jobs.get_opt(&name).await? {
+            Some(existing) => adopt(job, &existing).map(Ok),
+            None => Err(Error::BuilderNameTaken(name)),
+        },
         Err(kube::Error::Api(e))
             if (e.code == 403 && !e.message.contains("cannot create resource"))
                 || e.code == 422 =>
@@ -475,6 +492,25 @@ async fn create_builder(ctx: &Context, ns: &str, job: &Job) -> Result<Result<(),
             Ok(Err(e.message))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// An existing Job of a builder's name is this builder only when its owner reference carries
+/// the same object uid as the Job we would create; otherwise the name is taken.
+fn adopt(wanted: &Job, existing: &Job) -> Result<(), Error> {
+    let owner = wanted
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|refs| refs.first())
+        .map(|r| r.uid.as_str())
+        .unwrap_or_default();
+    if !owner.is_empty() && owned_by(&existing.metadata, owner) {
+        Ok(())
+    } else {
+        Err(Error::BuilderNameTaken(
+            existing.metadata.name.clone().unwrap_or_default(),
+        ))
     }
 }
 

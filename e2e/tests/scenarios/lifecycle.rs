@@ -291,3 +291,119 @@ async fn finished_builders_are_deleted_after_their_ttl_except_the_last_failed_on
         .await
         .expect("stopping");
 }
+
+/// Two objects whose names share a long prefix and whose builds are the same (same repository
+/// and inputs, other tags) get builders of their own; an object deleted and created again under
+/// the same name builds with Jobs of its own, never adopting its predecessor's.
+#[tokio::test]
+async fn builders_never_collide_across_objects_or_across_a_delete_and_recreate() {
+    let s = Scenario::start("no_collisions", "e2e-names", Access::Shared).await;
+    let prefix = "team-payments-settlement-reconciliation-service-";
+    let repository = format!("{}/{}/shared", multiarch_e2e::env().registry, s.ns);
+    let object = |suffix: &str| {
+        let mut m = s.mai(
+            &format!("{prefix}{suffix}"),
+            &["linux/amd64", "linux/arm64"],
+        );
+        m.spec.image = repository.clone();
+        m.spec.tags = vec![format!("1.0.0-{suffix}")];
+        m.spec.platform_tags = false;
+        m
+    };
+    for suffix in ["api", "worker"] {
+        s.apply(&object(suffix)).await;
+    }
+    let mut builders = BTreeSet::new();
+    for suffix in ["api", "worker"] {
+        let o = s.wait_ready(&format!("{prefix}{suffix}"), 90).await;
+        for name in owned_builders(&s, &o).await {
+            assert!(
+                builders.insert(name.clone()),
+                "builder {name} serves two objects"
+            );
+        }
+    }
+    assert_eq!(
+        builders.len(),
+        4,
+        "two builders for each object: {builders:?}"
+    );
+
+    // deleted and created again at once: the predecessor's Jobs are not adopted
+    let name = format!("{prefix}api");
+    let old_uid = s.get(&name).await.metadata.uid;
+    s.mais()
+        .delete(&name, &Default::default())
+        .await
+        .expect("deleting");
+    s.poll("the object gone", 30, || async {
+        s.mais()
+            .get_opt(&name)
+            .await
+            .ok()
+            .and_then(|o| o.is_none().then_some(()))
+    })
+    .await;
+    s.apply(&object("api")).await;
+    let o = s.wait_ready(&name, 120).await;
+    assert_ne!(o.metadata.uid, old_uid, "a new object");
+    owned_builders(&s, &o).await;
+}
+
+/// The builder Jobs `o`'s status names, each checked to exist and to be owned by `o` (uid).
+async fn owned_builders(s: &Scenario, o: &multiarch_operator::api::MultiArchImage) -> Vec<String> {
+    let uid = o.metadata.uid.clone().expect("a uid");
+    let jobs = kube::Api::<k8s_openapi::api::batch::v1::Job>::namespaced(s.client.clone(), &s.ns);
+    let mut names = Vec::new();
+    for p in &o.status.as_ref().expect("a status").platforms {
+        let name = p.builder.clone().expect("a builder name");
+        assert!(name.len() <= 63, "{name}");
+        let job = jobs
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("builder {name}: {e}"));
+        let owners: Vec<String> = job
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.uid)
+            .collect();
+        assert_eq!(
+            owners.as_slice(),
+            std::slice::from_ref(&uid),
+            "builder {name} is owned by this object"
+        );
+        names.push(name);
+    }
+    names
+}
+
+/// Before the operator has looked at a new object, the apiserver gives it the CRD's status
+/// default, `observedGeneration: 0`, behind `metadata.generation`: kstatus (Flux, `kubectl
+/// wait`) reads that as in progress, where no status at all would read as Current.
+#[tokio::test]
+async fn a_new_object_reads_as_in_progress_before_the_operator_has_seen_it() {
+    let s = Scenario::start("new_object_status", "e2e-new", Access::Exclusive).await;
+    tokio::task::spawn_blocking(|| operator::stop("TERM"))
+        .await
+        .expect("stopping the operator");
+    s.apply(&s.mai("fresh", &["linux/amd64"])).await;
+    let o = s.get("fresh").await;
+    let status = o.status.clone().expect("the CRD's status default");
+    assert_eq!(
+        status.observed_generation,
+        Some(0),
+        "status.observedGeneration"
+    );
+    assert!(
+        status.conditions.is_empty(),
+        "no conditions before the operator"
+    );
+    assert_eq!(o.metadata.generation, Some(1));
+    tokio::task::spawn_blocking(operator::ensure_default)
+        .await
+        .expect("starting the operator");
+    let o = s.wait_ready("fresh", 90).await;
+    assert_eq!(o.status.and_then(|st| st.observed_generation), Some(1));
+}
