@@ -1,6 +1,7 @@
 //! Two replicas with leader election on a Lease: exactly one reconciles and writes; killing it
 //! hands over to the other within the lease; a graceful stop releases the Lease.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use multiarch_e2e::cmd::{http_get, metric, try_kubectl};
@@ -69,6 +70,19 @@ fn start_replica(name: &'static str, health: u16, metrics: u16) -> Replica {
     }
 }
 
+impl Drop for Replica {
+    /// On a failure, the replica's last log lines (then its `Kill` field kills it).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            progress(format!(
+                "    replica-{} log:\n{}",
+                self.name,
+                tail(&self.log)
+            ));
+        }
+    }
+}
+
 impl Replica {
     fn scrape(&self) -> String {
         http_get(&self.metrics, "/metrics")
@@ -81,7 +95,8 @@ fn tail(log: &std::path::Path) -> String {
     operator::tail(&std::fs::read_to_string(log).unwrap_or_default(), 10)
 }
 
-fn holder() -> String {
+/// The Lease's holder, `None` while it cannot be read (not created yet, API error).
+fn try_holder() -> Option<String> {
     try_kubectl(
         &[
             "get",
@@ -94,23 +109,59 @@ fn holder() -> String {
         ],
         None,
     )
-    .unwrap_or_default()
+    .ok()
 }
 
-/// The samples of `name{verb="..."}` for write verbs in a Prometheus exposition, summed.
-fn writes(exposition: &str) -> f64 {
+/// The Lease's holder ("" when released); a Lease that cannot be read fails the test, so that
+/// "no holder" is never concluded from a failed read.
+fn holder() -> String {
+    try_holder().unwrap_or_else(|| panic!("cannot read the Lease {LEASE_NS}/multiarch-operator"))
+}
+
+/// The samples of metric `name` in a Prometheus text exposition: each sample's labels and value
+/// (`name 1` has no labels; `name{a="x",b="y"} 2` has two).
+fn samples(exposition: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     exposition
         .lines()
-        .filter(|l| l.starts_with("multiarch_kube_api_requests_total{"))
-        .filter(|l| {
-            ["create", "patch", "update", "delete"]
-                .iter()
-                .any(|v| l.contains(&format!("verb=\"{v}\"")))
-        })
+        .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
-            l.rsplit_once(' ')
-                .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(r) => {
+                    let (labels, value) = r.split_once('}')?;
+                    (parse_labels(labels)?, value)
+                }
+                None if rest.starts_with(' ') => (BTreeMap::new(), rest),
+                None => return None, // another metric whose name starts with `name`
+            };
+            let value = value.split_whitespace().next()?.parse().ok()?;
+            Some((labels, value))
         })
+        .collect()
+}
+
+/// `a="x",b="y"` as a map (values are the operator's own: no escaped quotes or commas).
+fn parse_labels(text: &str) -> Option<BTreeMap<String, String>> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=')?;
+            let v = v.trim().strip_prefix('"')?.strip_suffix('"')?;
+            Some((k.trim().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The API requests that write (create, patch, update, delete) in an exposition, summed.
+fn writes(exposition: &str) -> f64 {
+    samples(exposition, "multiarch_kube_api_requests_total")
+        .iter()
+        .filter(|(labels, _)| {
+            labels
+                .get("verb")
+                .is_some_and(|v| ["create", "patch", "update", "delete"].contains(&v.as_str()))
+        })
+        .map(|(_, v)| v)
         .sum()
 }
 
@@ -136,7 +187,7 @@ async fn one_replica_leads_and_a_killed_leader_hands_over_within_the_lease() {
         .await
         .expect("replica a");
     s.poll("replica-a holds the Lease", 30, || async {
-        (holder() == "replica-a").then_some(())
+        (try_holder()? == "replica-a").then_some(())
     })
     .await;
     let b = tokio::task::spawn_blocking(|| start_replica("b", 18083, 18093))
@@ -183,7 +234,7 @@ async fn one_replica_leads_and_a_killed_leader_hands_over_within_the_lease() {
         .await
         .expect("killing a");
     s.poll("replica-b takes the Lease", LEASE_SECONDS * 3, || async {
-        (holder() == "replica-b").then_some(())
+        (try_holder()? == "replica-b").then_some(())
     })
     .await;
     let handover = killed.elapsed();
@@ -217,4 +268,24 @@ async fn one_replica_leads_and_a_killed_leader_hands_over_within_the_lease() {
         tail(&b.log)
     );
     drop(a);
+}
+
+#[test]
+fn samples_are_parsed_with_their_labels() {
+    let text = "# HELP multiarch_kube_api_requests Requests\n\
+                multiarch_kube_api_requests_total{verb=\"watch\"} 4\n\
+                multiarch_kube_api_requests_total{resource=\"jobs\",verb=\"create\"} 2\n\
+                multiarch_kube_api_requests_total{verb=\"patch\"} 0.5\n\
+                multiarch_kube_api_requests_total_other{verb=\"delete\"} 9\n\
+                multiarch_leader 1\n";
+    assert_eq!(samples(text, "multiarch_kube_api_requests_total").len(), 3);
+    assert_eq!(writes(text), 2.5);
+    assert_eq!(
+        samples(text, "multiarch_leader"),
+        vec![(BTreeMap::new(), 1.0)]
+    );
+    assert_eq!(
+        writes("multiarch_kube_api_requests_total{verb=\"get\"} 3\n"),
+        0.0
+    );
 }

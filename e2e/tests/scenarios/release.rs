@@ -59,6 +59,7 @@ fn can(args: &[&str]) -> String {
         .to_string()
 }
 
+/// The release Lease's holder ("" when released); a Lease that cannot be read fails the test.
 fn lease_holder() -> String {
     try_kubectl(
         &[
@@ -72,7 +73,7 @@ fn lease_holder() -> String {
         ],
         None,
     )
-    .unwrap_or_default()
+    .unwrap_or_else(|e| panic!("cannot read the Lease {RELEASE_NS}/multiarch-operator: {e}"))
 }
 
 #[tokio::test]
@@ -174,13 +175,16 @@ async fn the_chart_renders_installs_and_grants_exactly_what_the_operator_uses() 
             &watch,
         ],
     );
-    let role = scoped
+    // (the other Role, for the Lease, is in the release namespace)
+    let roles: Vec<&str> = scoped
         .split("\n---")
-        .find(|d| d.contains("\nkind: Role\n"))
-        .unwrap_or_else(|| panic!("no Role with watchNamespace: {scoped}"));
+        .filter(|d| d.contains("\nkind: Role\n"))
+        .collect();
     assert!(
-        role.contains(&format!("namespace: {ns}")),
-        "the Role is in the watched namespace: {role}"
+        roles
+            .iter()
+            .any(|r| r.contains(&format!("\n  namespace: {ns}\n"))),
+        "a single watched namespace gets a Role there: {roles:?}"
     );
     let crds = env().root.join("crds").display().to_string();
     kubectl(&[
@@ -206,22 +210,45 @@ async fn the_chart_renders_installs_and_grants_exactly_what_the_operator_uses() 
 
     // the release's pod was admitted under "restricted" and runs (as KWOK reports it)
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), RELEASE_NS);
-    s.poll("the chart's operator pod Ready", 60, || async {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         let list = pods
             .list(&ListParams::default().labels("app.kubernetes.io/name=multiarch-operator"))
             .await
-            .ok()?;
-        list.items
-            .iter()
-            .any(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|st| st.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .then_some(())
-    })
-    .await;
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let ready = list.iter().any(|p| {
+            p.status
+                .as_ref()
+                .and_then(|st| st.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            // why not: admission refusals of the ReplicaSet's pods are FailedCreate events
+            let refusals = try_kubectl(
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    RELEASE_NS,
+                    "--field-selector",
+                    "reason=FailedCreate",
+                    "-o",
+                    "jsonpath={.items[*].message}",
+                ],
+                None,
+            )
+            .unwrap_or_else(|e| e);
+            panic!(
+                "the chart's operator pod is not Ready within 60 s ({} pods); FailedCreate: {refusals}",
+                list.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let enforce = kubectl(&[
         "get",
         "namespace",
@@ -451,11 +478,11 @@ async fn operator_with_rendered_environment(s: &Scenario) {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(
-        http_get("127.0.0.1:18084", "/readyz").map(|r| r.0),
-        Some(200),
-        "ready while leading"
-    );
+    // ready once its watches have synced, which may come just after it took the Lease
+    s.poll("ready while leading", 30, || async {
+        (http_get("127.0.0.1:18084", "/readyz").map(|r| r.0) == Some(200)).then_some(())
+    })
+    .await;
     assert_eq!(lease_holder(), "chart-env", "Lease holder");
     tokio::task::spawn_blocking(move || operator::stop_pid(pid, "TERM"))
         .await
@@ -499,7 +526,13 @@ impl Drop for Kill {
 async fn the_argocd_health_check_reads_reconciled_objects_as_healthy_degraded_and_progressing() {
     let s = Scenario::start("argocd_health", "e2e-argocd", Access::Shared).await;
     let script = env().root.join("deploy/argocd/test.sh");
-    run(script.to_str().expect("a UTF-8 path"), &[]);
+    let unit = output(script.to_str().expect("a UTF-8 path"), &[], None);
+    assert!(
+        unit.status.success(),
+        "deploy/argocd/test.sh: {}{}",
+        String::from_utf8_lossy(&unit.stdout),
+        String::from_utf8_lossy(&unit.stderr)
+    );
     s.apply(&s.mai("good", &["linux/amd64", "linux/arm64"]))
         .await;
     let mut bad = s.mai("bad", &["linux/amd64"]);
