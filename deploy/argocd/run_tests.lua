@@ -17,7 +17,7 @@ for _, case in ipairs(cases) do
   elseif hs.status ~= want.status or (not status_only and hs.message ~= want.message) then
     failed = failed + 1
     print(string.format("FAIL %s: got %s %q, want %s %q", case.path, tostring(hs.status),
-      tostring(hs.message), want.status, want.message))
+      tostring(hs.message), tostring(want.status), tostring(want.message)))
   else
     print("ok   " .. case.path .. ": " .. hs.status .. " (" .. tostring(hs.message) .. ")")
   end
