@@ -27,7 +27,8 @@ pub fn ls_remote_main(url: &str) -> String {
         .to_string()
 }
 
-fn commit_of(o: &MultiArchImage) -> String {
+/// The commit in `o`'s status.
+pub fn commit_of(o: &MultiArchImage) -> String {
     o.status
         .as_ref()
         .and_then(|s| s.source.as_ref())

@@ -114,6 +114,24 @@ async fn deleting_objects_stops_their_builders_and_keeps_the_published_tags() {
     );
 }
 
+/// Restarts the operator with fail point `point`, applies a two-platform object `name`, and
+/// waits for the operator to abort there (as a SIGKILL would stop it).
+async fn crash_at(s: &Scenario, point: &'static str, name: &str) {
+    let pid = tokio::task::spawn_blocking(move || {
+        operator::stop("KILL");
+        operator::start(&Options {
+            failpoint: Some(point.into()),
+            ..Default::default()
+        })
+    })
+    .await
+    .expect("starting the operator with a fail point");
+    s.apply(&s.mai(name, &["linux/amd64", "linux/arm64"])).await;
+    tokio::task::spawn_blocking(move || operator::wait_exit(pid, Duration::from_secs(60)))
+        .await
+        .expect("waiting for the fail point");
+}
+
 /// The operator is killed (`MULTIARCH_FAILPOINT` aborts the process) right after creating
 /// builders, with one platform built, and after pushing the index but before writing status.
 #[tokio::test]
@@ -122,20 +140,7 @@ async fn an_operator_killed_at_any_point_resumes_without_duplicate_builders_or_a
     let blocking = |f: fn()| tokio::task::spawn_blocking(f);
 
     // builders just created, status not written
-    operator::stop("KILL");
-    let pid = tokio::task::spawn_blocking(|| {
-        operator::start(&Options {
-            failpoint: Some("after-builders-created".into()),
-            ..Default::default()
-        })
-    })
-    .await
-    .expect("starting");
-    s.apply(&s.mai("early", &["linux/amd64", "linux/arm64"]))
-        .await;
-    tokio::task::spawn_blocking(move || operator::wait_exit(pid, Duration::from_secs(60)))
-        .await
-        .expect("waiting");
+    crash_at(&s, "after-builders-created", "early").await;
     assert_eq!(
         s.job_names("multiarch.dev/image=early").await.len(),
         2,
@@ -200,20 +205,7 @@ async fn an_operator_killed_at_any_point_resumes_without_duplicate_builders_or_a
     );
 
     // the index pushed to every tag, status not written
-    blocking(|| operator::stop("KILL")).await.expect("killing");
-    let pid = tokio::task::spawn_blocking(|| {
-        operator::start(&Options {
-            failpoint: Some("after-index-pushed".into()),
-            ..Default::default()
-        })
-    })
-    .await
-    .expect("starting");
-    s.apply(&s.mai("late", &["linux/amd64", "linux/arm64"]))
-        .await;
-    tokio::task::spawn_blocking(move || operator::wait_exit(pid, Duration::from_secs(60)))
-        .await
-        .expect("waiting");
+    crash_at(&s, "after-index-pushed", "late").await;
     let pushed = digest(&raw(&format!("{}/late:latest", s.ns)));
     assert_eq!(
         digest_of(&s.get("late").await),

@@ -15,7 +15,7 @@ use multiarch_e2e::{env, Access, Scenario};
 use multiarch_operator::api::{LocalObjectReference, Phase};
 use serde_json::json;
 
-use crate::build::{ls_remote_main, real_build_checks, REAL};
+use crate::build::{commit_of, ls_remote_main, real_build_checks, REAL};
 use crate::faults::label_namespace;
 
 fn token_secret(token: &str) -> Secret {
@@ -37,15 +37,7 @@ async fn builds_from_public_and_private_smart_http_and_a_fixed_token_is_noticed(
     public.spec.source.git.url = env.git_http_url.clone();
     s.apply(&public).await;
     let o = s.wait_ready("public", 600).await;
-    let commit = o
-        .status
-        .as_ref()
-        .and_then(|st| st.source.as_ref())
-        .map(|st| st.commit.clone());
-    assert_eq!(
-        commit.as_deref(),
-        Some(ls_remote_main(&env.git_http_url).as_str())
-    );
+    assert_eq!(commit_of(&o), ls_remote_main(&env.git_http_url));
     let index = raw(&format!("{}/public:1.0.0", s.ns));
     assert_eq!(
         Some(digest(&index)),
@@ -108,15 +100,7 @@ async fn builds_from_public_and_private_smart_http_and_a_fixed_token_is_noticed(
         o.metadata.generation, generation,
         "no new generation was needed"
     );
-    let commit = o
-        .status
-        .as_ref()
-        .and_then(|st| st.source.as_ref())
-        .map(|st| st.commit.clone());
-    assert_eq!(
-        commit.as_deref(),
-        Some(ls_remote_main(&env.git_url).as_str())
-    );
+    assert_eq!(commit_of(&o), ls_remote_main(&env.git_url));
     let index = raw(&format!("{}/private:1.0.0", s.ns));
     real_build_checks(&s, &o, &serde_json::from_slice(&index).expect("index JSON")).await;
 
