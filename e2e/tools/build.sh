@@ -48,12 +48,12 @@ binary_name() { # package -> binary name
 # downloads the modules)
 cold_estimate() {
   case $1 in
-    kubernetes) echo "about 7 minutes for the four binaries";;
-    etcd) echo "about 30 s";;
-    kwok) echo "about 80 s";;
-    helm) echo "about 1 minute";;
+    kubernetes) echo "about 12 minutes for the four binaries, with the module downloads";;
+    etcd) echo "about 1 minute";;
+    kwok) echo "about 2 minutes";;
+    helm) echo "about 1.5 minutes";;
     crane) echo "a few seconds";;
-    buildkit) echo "about 80 s";;
+    buildkit) echo "about 2 minutes";;
   esac
 }
 
