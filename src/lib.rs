@@ -6,6 +6,7 @@
 //! modules that do I/O.
 
 pub mod api;
+pub mod api_client;
 pub mod builder;
 pub mod config;
 pub mod controller;

@@ -72,6 +72,10 @@ struct RunArgs {
     /// again, so that a fixed Secret or a pushed branch is noticed without a spec change.
     #[arg(long, env = "MULTIARCH_SOURCE_RETRY_INTERVAL", default_value = "1m")]
     source_retry_interval: String,
+    /// How long a call to the Kubernetes API may go unanswered (and connecting and sending
+    /// take) before it fails and is retried.
+    #[arg(long, env = "MULTIARCH_API_TIMEOUT", default_value = "15s")]
+    api_timeout: String,
     /// Talk plain HTTP to registries.
     #[arg(long, env = "MULTIARCH_REGISTRY_PLAIN_HTTP")]
     registry_plain_http: bool,
@@ -186,14 +190,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let metrics = Metrics::new();
     let counter = metrics.clone();
-    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
-        .with_layer(&tower::util::MapRequestLayer::new(
-            move |req: http::Request<kube::client::Body>| {
-                counter.api_request(&req);
-                req
-            },
-        ))
-        .build();
+    let client = multiarch_operator::api_client::build(
+        kube::Config::infer().await?,
+        parse_duration(&args.api_timeout)?,
+        move |req| counter.api_request(req),
+    )?;
     let readiness = multiarch_operator::health::Readiness::default();
     let health = tokio::spawn(multiarch_operator::health::serve(
         args.health_addr,

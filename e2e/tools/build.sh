@@ -24,6 +24,7 @@ tool_module() {
     helm) echo "helm.sh/helm/v3 $HELM_VERSION";;
     crane) echo "github.com/google/go-containerregistry $CRANE_VERSION";;
     buildkit) echo "github.com/moby/buildkit $BUILDKIT_VERSION";;
+    karpenter) echo "sigs.k8s.io/karpenter $KARPENTER_VERSION";;
     *) echo "unknown tool $1" >&2; return 2;;
   esac
 }
@@ -35,11 +36,21 @@ tool_packages() {
     helm) echo helm.sh/helm/v3/cmd/helm;;
     crane) echo github.com/google/go-containerregistry/cmd/crane;;
     buildkit) echo github.com/moby/buildkit/cmd/{buildkitd,buildctl};;
+    karpenter) echo sigs.k8s.io/karpenter/kwok;;
+  esac
+}
+# the Go toolchain of each tool: the machine's, except where a tool needs a newer one (fetched
+# once through the module proxy)
+tool_toolchain() {
+  case $1 in
+    karpenter) echo "$KARPENTER_GO";;
+    *) echo local;;
   esac
 }
 binary_name() { # package -> binary name
   case $1 in
     go.etcd.io/etcd/server/v3) echo etcd;;
+    sigs.k8s.io/karpenter/kwok) echo karpenter-kwok;; # not `kwok`, which is KWOK itself
     *) basename "$1";;
   esac
 }
@@ -54,6 +65,7 @@ cold_estimate() {
     helm) echo "about 1.5 minutes";;
     crane) echo "a few seconds";;
     buildkit) echo "about 2 minutes";;
+    karpenter) echo "about 10 minutes";;
   esac
 }
 
@@ -63,6 +75,8 @@ regen() {
   rm -rf "$dir" && mkdir -p "$dir"
   (
     cd "$dir"
+    export GOTOOLCHAIN
+    GOTOOLCHAIN=$(tool_toolchain "$tool")
     go mod init "multiarch-operator.e2e/tools/$tool" >/dev/null 2>&1
     if [ "$tool" = kubernetes ]; then
       # k/k requires its staging modules at v0.0.0: replace each with the matching v0.Y.Z
@@ -100,6 +114,9 @@ build() {
   local started=$SECONDS pkgs
   read -r -a pkgs < <(tool_packages "$tool")
   log "building $(for p in "${pkgs[@]}"; do binary_name "$p"; done | tr '\n' ' ')($tool $version; cold, on 2 cores: $(cold_estimate "$tool"))"
+  local GOTOOLCHAIN
+  GOTOOLCHAIN=$(tool_toolchain "$tool")
+  export GOTOOLCHAIN
   if [ ${#pkgs[@]} -eq 1 ]; then
     (cd "$dir" && go build -trimpath -ldflags "-s -w ${ldflags[*]}" -o "$cache/bin/$(binary_name "${pkgs[0]}")" "${pkgs[0]}")
   else
@@ -111,11 +128,19 @@ build() {
     src=$(cd "$dir" && go list -m -f '{{.Dir}}' github.com/moby/buildkit)
     install -m 0755 "$src/examples/buildctl-daemonless/buildctl-daemonless.sh" "$cache/bin/buildctl-daemonless.sh"
   fi
+  if [ "$tool" = karpenter ]; then
+    # its CRDs (NodePool, NodeClaim, ..., KWOKNodeClass), from the module that was built
+    local src
+    src=$(cd "$dir" && go list -m -f '{{.Dir}}' sigs.k8s.io/karpenter)
+    rm -rf "$cache/karpenter-crds" && mkdir -p "$cache/karpenter-crds"
+    cp "$src"/kwok/charts/crds/*.yaml "$src/kwok/apis/crds/karpenter.kwok.sh_kwoknodeclasses.yaml" "$cache/karpenter-crds/"
+    chmod u+w "$cache"/karpenter-crds/*.yaml
+  fi
   log "$tool $version built in $((SECONDS - started))s"
   touch "$stamp"
 }
 
-all=(kubernetes etcd kwok helm crane buildkit)
+all=(kubernetes etcd kwok helm crane buildkit karpenter)
 if [ "${1:-}" = --regen ]; then shift; for t in "$@"; do regen "$t"; done; exit 0; fi
 [ $# -gt 0 ] || set -- "${all[@]}"
 for t in "$@"; do build "$t"; done

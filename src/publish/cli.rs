@@ -70,8 +70,9 @@ pub struct PublishArgs {
     /// Extra CA certificates (PEM) to trust for the registry.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Timeout of each registry request (for example 30s, 2m).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
+    /// Deadline of each registry operation, its retries included (for example 30s, 2m); a blob
+    /// copy gets one second more per MiB.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_timeout)]
     pub timeout: Duration,
     /// Media type of the index.
     #[arg(long, value_enum, default_value_t = FormatArg::Oci)]
@@ -265,7 +266,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.tags.len(), 1);
         assert_eq!(a.sources[0].platform, Some("linux/arm64".parse().unwrap()));
-        assert_eq!(a.timeout, Duration::from_secs(60));
+        assert_eq!(a.timeout, Duration::from_secs(20));
         assert_eq!(a.format, FormatArg::Oci);
         assert!(!a.plain_http && !a.insecure && a.ca_file.is_none());
         let a = parse(&[

@@ -23,6 +23,7 @@ pub mod credentials;
 mod error;
 pub mod index;
 pub mod registry;
+mod transport;
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,43 +1,44 @@
-//! The registry adapter, over `oci-client`: the only code in the project that talks to a
-//! registry. It reads manifests and blobs (verifying every digest), copies blobs between
-//! repositories of one registry (a cross-repository mount, or a streamed copy where the registry
-//! refuses the mount), and pushes manifests by digest or by tag, checking the digest the registry
-//! reports against the digest of the exact bytes sent.
+//! The registry adapter: the only code in the project that talks to a registry (through
+//! [`super::transport`], its HTTP). It reads manifests and blobs (verifying every digest, and
+//! never reading more than a manifest's or config's size cap), copies blobs between
+//! repositories of one registry (a cross-repository mount, or a streamed copy of exactly the
+//! descriptor's size where the registry refuses the mount), and pushes manifests by digest or by
+//! tag, checking the digest the registry reports against the digest of the exact bytes sent.
 //!
-//! Every request has a timeout; 429, 5xx, connection failures and timeouts are retried with
-//! exponential backoff; 401, 403 and 404 never are. Credentials come from a Docker config;
-//! `oci-client` runs the bearer token exchange when the registry asks for one.
+//! Every operation has a deadline, its retries included; 429, 5xx, connection failures and
+//! timeouts are retried with jittered exponential backoff inside it; 401, 403, 404, answers too
+//! large and digest mismatches never are. Credentials come from a Docker config.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use futures::TryStreamExt;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::RegistryOperation;
-use tokio::sync::Mutex;
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{Method, Response, StatusCode};
 use tracing::{debug, warn};
 
-use super::credentials::{Credential, DockerConfig};
+use super::credentials::DockerConfig;
 use super::index::{BlobDescriptor, ACCEPTED_MANIFEST_TYPES};
+use super::transport::{accept, error_of, read_limited, scope, Transport, TransportConfig};
 use crate::reference::{Digest, Reference, Repository, Tag};
 
 /// The largest manifest the publisher reads (the distribution registry's own limit is 4 MiB).
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 /// The largest image config the publisher reads into memory.
 pub const MAX_CONFIG_SIZE: u64 = 8 * 1024 * 1024;
+/// The slowest a blob copy may go before its deadline (on top of the operation timeout).
+const MIN_COPY_RATE: u64 = 1024 * 1024;
 
-/// How failed requests are retried.
+/// How failed requests are retried, inside each operation's deadline.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in total, the first included (1 = no retry).
     pub attempts: u32,
-    /// The wait before the first retry; each later wait doubles, up to `max_backoff`.
+    /// The wait before the first retry; each later wait doubles (plus jitter), up to
+    /// `max_backoff`.
     pub initial_backoff: Duration,
     /// The longest wait between attempts.
     pub max_backoff: Duration,
@@ -54,12 +55,13 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait after failed attempt number `attempt` (1-based).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
+    /// The backoff schedule: exponential with jitter, `attempts - 1` retries.
+    pub fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.initial_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_max_times(self.attempts.saturating_sub(1) as usize)
+            .with_jitter()
     }
 }
 
@@ -72,11 +74,16 @@ pub struct RegistryConfig {
     pub insecure: bool,
     /// Extra CA certificates (PEM bundle) trusted for registries, besides the system's.
     pub ca_file: Option<PathBuf>,
-    /// Per request: connecting, each read, and a whole manifest or metadata request.
+    /// The deadline of one operation (a manifest read, a check, a push), its retries included;
+    /// also the longest wait to connect or for each read. A blob copy gets this plus one second
+    /// per MiB.
     pub timeout: Duration,
     /// How failed requests are retried.
     pub retry: RetryPolicy,
 }
+
+/// The default deadline of one registry operation.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Default for RegistryConfig {
     fn default() -> Self {
@@ -84,7 +91,7 @@ impl Default for RegistryConfig {
             plain_http: false,
             insecure: false,
             ca_file: None,
-            timeout: Duration::from_secs(60),
+            timeout: DEFAULT_TIMEOUT,
             retry: RetryPolicy::default(),
         }
     }
@@ -111,6 +118,8 @@ pub enum RegistryErrorKind {
     Tls,
     /// Content did not match its digest, or the registry reported another digest.
     DigestMismatch,
+    /// The registry sent more than the size cap of what was read.
+    TooLarge,
     /// Credentials could not be read (Docker config, credential helper).
     Credentials,
     /// The client could not be set up (for example an unreadable CA file).
@@ -130,7 +139,7 @@ pub struct RegistryError {
 }
 
 impl RegistryError {
-    fn new(kind: RegistryErrorKind, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: RegistryErrorKind, detail: impl Into<String>) -> Self {
         RegistryError {
             kind,
             detail: detail.into(),
@@ -154,113 +163,6 @@ impl RegistryError {
     }
 }
 
-fn status_kind(code: u16) -> RegistryErrorKind {
-    match code {
-        401 => RegistryErrorKind::Unauthorized,
-        403 => RegistryErrorKind::Denied,
-        404 => RegistryErrorKind::NotFound,
-        408 => RegistryErrorKind::Timeout,
-        429 => RegistryErrorKind::RateLimited,
-        500..=599 => RegistryErrorKind::Server(code),
-        _ => RegistryErrorKind::Other,
-    }
-}
-
-const UNAUTHORIZED_HINT: &str = "401 Unauthorized: the registry wants credentials, or refused the ones given (check `docker login` or the push secret)";
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
-}
-
-/// Classifies an `oci-client` error.
-pub(crate) fn classify(e: OciDistributionError) -> RegistryError {
-    use RegistryErrorKind as K;
-    match e {
-        OciDistributionError::ServerError { code, message, .. } => {
-            let kind = status_kind(code);
-            let detail = match kind {
-                K::Unauthorized => UNAUTHORIZED_HINT.to_string(),
-                _ => format!("registry answered {code}: {}", message.trim()),
-            };
-            RegistryError::new(kind, detail)
-        }
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            let kind = if codes.contains(&&OciErrorCode::Toomanyrequests) {
-                K::RateLimited
-            } else if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                )
-            }) {
-                K::NotFound
-            } else if codes.contains(&&OciErrorCode::Unauthorized) {
-                K::Unauthorized
-            } else if codes.contains(&&OciErrorCode::Denied) {
-                K::Denied
-            } else {
-                K::Other
-            };
-            let messages: Vec<String> = envelope
-                .errors
-                .iter()
-                .map(|e| format!("{:?}: {}", e.code, e.message))
-                .collect();
-            RegistryError::new(kind, format!("registry answered {}", messages.join("; ")))
-        }
-        OciDistributionError::UnauthorizedError { .. } => {
-            RegistryError::new(K::Unauthorized, UNAUTHORIZED_HINT)
-        }
-        OciDistributionError::AuthenticationFailure(reason) => RegistryError::new(
-            K::Unauthorized,
-            format!(
-                "the registry's token service refused the credentials: {}",
-                reason.trim()
-            ),
-        ),
-        OciDistributionError::RequestError(e) => {
-            let text = error_chain(&e);
-            let lower = text.to_ascii_lowercase();
-            if e.is_timeout() {
-                RegistryError::new(K::Timeout, text)
-            } else if lower.contains("certificate") || lower.contains("invalidcontenttype") {
-                RegistryError::new(
-                    K::Tls,
-                    format!(
-                        "TLS failed ({text}); trust the registry's CA with --ca-file, or use --plain-http for a registry without TLS"
-                    ),
-                )
-            } else if e.is_connect() || e.is_request() || e.is_body() {
-                RegistryError::new(K::Connection, text)
-            } else if let Some(status) = e.status() {
-                RegistryError::new(status_kind(status.as_u16()), text)
-            } else {
-                RegistryError::new(K::Other, text)
-            }
-        }
-        OciDistributionError::IoError(e) => RegistryError::new(K::Connection, e.to_string()),
-        OciDistributionError::DigestError(e) => {
-            RegistryError::new(K::DigestMismatch, e.to_string())
-        }
-        OciDistributionError::ImageManifestNotFoundError(m) => RegistryError::new(K::NotFound, m),
-        other => RegistryError::new(K::Other, other.to_string()),
-    }
-}
-
 /// Where a manifest is pushed: a tag, or its own digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ManifestTarget {
@@ -268,6 +170,15 @@ pub enum ManifestTarget {
     Tag(Tag),
     /// The manifest's own digest (an untagged push).
     Digest(Digest),
+}
+
+impl ManifestTarget {
+    fn as_str(&self) -> &str {
+        match self {
+            ManifestTarget::Tag(t) => t.as_str(),
+            ManifestTarget::Digest(d) => d.as_str(),
+        }
+    }
 }
 
 /// A manifest as read from a registry: its exact bytes and their digest.
@@ -282,10 +193,8 @@ pub struct FetchedManifest {
 /// The registry adapter (cheap to clone; clones share connections, credentials and tokens).
 #[derive(Clone)]
 pub struct Registry {
-    client: oci_client::Client,
-    config: Arc<RegistryConfig>,
-    credentials: Arc<DockerConfig>,
-    auths: Arc<Mutex<HashMap<String, RegistryAuth>>>,
+    transport: Transport,
+    config: RegistryConfig,
 }
 
 impl std::fmt::Debug for Registry {
@@ -296,41 +205,24 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-/// The `oci-client` reference for `repo` at `reference` (a digest, or a tag).
-fn oci_ref(repo: &Repository, reference: &str) -> oci_client::Reference {
-    let (registry, path) = (repo.registry().to_string(), repo.path().to_string());
-    if reference.contains(':') {
-        oci_client::Reference::with_digest(registry, path, reference.to_string())
-    } else {
-        oci_client::Reference::with_tag(registry, path, reference.to_string())
-    }
-}
-
-impl ManifestTarget {
-    fn as_str(&self) -> &str {
-        match self {
-            ManifestTarget::Tag(t) => t.as_str(),
-            ManifestTarget::Digest(d) => d.as_str(),
-        }
-    }
-}
-
 /// The digest in a manifest `Location` (`.../manifests/sha256:...`), if it names one.
 fn digest_from_location(location: &str) -> Option<Digest> {
     let (_, rest) = location.rsplit_once("/manifests/")?;
     rest.split(['?', '#']).next()?.parse().ok()
 }
 
-fn to_auth(credential: Credential) -> RegistryAuth {
-    match credential {
-        Credential::Anonymous => RegistryAuth::Anonymous,
-        Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
-        Credential::IdentityToken { username, token } => RegistryAuth::Basic(username, token),
-        Credential::RegistryToken(token) => RegistryAuth::Bearer(token),
-    }
+/// The digest a registry reports in `Docker-Content-Digest`, if it is a valid one.
+fn reported_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers
+        .get("docker-content-digest")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
-fn load_ca_file(path: &PathBuf) -> Result<Vec<Certificate>, RegistryError> {
+fn load_ca_file(path: &PathBuf) -> Result<Vec<reqwest::Certificate>, RegistryError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let setup = |why: String| {
@@ -341,53 +233,70 @@ fn load_ca_file(path: &PathBuf) -> Result<Vec<Certificate>, RegistryError> {
     };
     let pem = std::fs::read(path).map_err(|e| setup(e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
-        .map(|c| {
-            c.map(|der| Certificate {
-                encoding: CertificateEncoding::Der,
-                data: der.to_vec(),
-            })
-        })
+        .map(|c| c.map(|der| reqwest::Certificate::from_der(&der)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| setup(format!("invalid PEM: {e}")))?;
+        .map_err(|e| setup(format!("invalid PEM: {e}")))?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| setup(format!("invalid certificate: {e}")))?;
     if certs.is_empty() {
         return Err(setup("no PEM certificate in it".into()));
     }
     Ok(certs)
 }
 
+/// The status a request expected, or the error the answer stands for.
+async fn expect(
+    response: Response,
+    ok: &[StatusCode],
+    what: &str,
+) -> Result<Response, RegistryError> {
+    if ok.contains(&response.status()) {
+        Ok(response)
+    } else {
+        Err(error_of(response, what).await)
+    }
+}
+
+/// Resolves a `Location` the registry gave against the request's URL.
+fn resolve_location(base: &str, response: &Response) -> Result<url::Url, RegistryError> {
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            RegistryError::new(
+                RegistryErrorKind::Other,
+                "the registry's answer has no Location",
+            )
+        })?;
+    url::Url::parse(base)
+        .and_then(|b| b.join(location))
+        .map_err(|e| {
+            RegistryError::new(
+                RegistryErrorKind::Other,
+                format!("invalid Location {location:?}: {e}"),
+            )
+        })
+}
+
 impl Registry {
     /// A registry client with `config`, authenticating with credentials from `credentials`.
     pub fn new(config: RegistryConfig, credentials: DockerConfig) -> Result<Self, RegistryError> {
-        let extra_root_certificates = match &config.ca_file {
+        let extra_roots = match &config.ca_file {
             Some(path) => load_ca_file(path)?,
             None => Vec::new(),
         };
-        let client_config = ClientConfig {
-            protocol: if config.plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
+        let transport = Transport::new(
+            TransportConfig {
+                plain_http: config.plain_http,
+                insecure: config.insecure,
+                extra_roots,
+                idle_timeout: config.timeout,
             },
-            accept_invalid_certificates: config.insecure,
-            extra_root_certificates,
-            platform_resolver: None,
-            read_timeout: Some(config.timeout),
-            connect_timeout: Some(config.timeout),
-            user_agent: concat!("multiarch-operator/", env!("CARGO_PKG_VERSION")),
-            ..ClientConfig::default()
-        };
-        let client = oci_client::Client::try_from(client_config).map_err(|e| {
-            RegistryError::new(
-                RegistryErrorKind::Setup,
-                format!("cannot set up the registry client: {}", error_chain(&e)),
-            )
-        })?;
-        Ok(Registry {
-            client,
-            config: Arc::new(config),
-            credentials: Arc::new(credentials),
-            auths: Arc::default(),
-        })
+            credentials,
+        )?;
+        Ok(Registry { transport, config })
     }
 
     /// The configuration this client was made with.
@@ -395,78 +304,91 @@ impl Registry {
         &self.config
     }
 
-    /// The credentials of `reference`'s registry, looked up once and handed to `oci-client`
-    /// (which must have them before any raw request).
-    async fn authorize(
-        &self,
-        reference: &oci_client::Reference,
-    ) -> Result<RegistryAuth, RegistryError> {
-        let host = reference.resolve_registry().to_string();
-        let mut auths = self.auths.lock().await;
-        if let Some(auth) = auths.get(&host) {
-            return Ok(auth.clone());
-        }
-        let credential = self
-            .credentials
-            .lookup(reference.registry())
-            .await
-            .map_err(|e| RegistryError::new(RegistryErrorKind::Credentials, e.to_string()))?;
-        debug!(registry = %host, credential = ?credential, "registry credentials");
-        let auth = to_auth(credential);
-        self.client.store_auth_if_needed(&host, &auth).await;
-        auths.insert(host, auth.clone());
-        Ok(auth)
-    }
-
-    /// Runs `attempt` until it succeeds, fails permanently, or the retry policy gives up. Each
-    /// attempt is bounded by `timeout` when one is given.
+    /// Runs `attempt` until it succeeds, fails permanently, or the retry policy gives up, all
+    /// within `deadline`.
     async fn retry<T, F, Fut>(
         &self,
         what: &str,
-        timeout: Option<Duration>,
-        mut attempt: F,
+        deadline: Duration,
+        attempt: F,
     ) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
     {
-        let mut n = 0;
-        loop {
-            n += 1;
-            let result = match timeout {
-                Some(t) => match tokio::time::timeout(t, attempt()).await {
-                    Ok(r) => r,
-                    Err(_) => Err(RegistryError::new(
-                        RegistryErrorKind::Timeout,
-                        format!("no answer within {t:?}"),
-                    )),
-                },
-                None => attempt().await,
-            };
-            match result {
-                Err(e) if e.is_transient() && n < self.config.retry.attempts.max(1) => {
-                    let wait = self.config.retry.backoff(n);
-                    warn!(operation = what, attempt = n, error = %e, retry_in = ?wait, "registry request failed, retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
+        let retried = attempt
+            .retry(self.config.retry.backoff())
+            .when(RegistryError::is_transient)
+            .notify(|e, wait| {
+                warn!(operation = what, error = %e, retry_in = ?wait, "registry request failed, retrying")
+            });
+        match tokio::time::timeout(deadline, retried).await {
+            Ok(result) => result,
+            Err(_) => Err(RegistryError::new(
+                RegistryErrorKind::Timeout,
+                format!("{what}: not done within {deadline:?}"),
+            )),
         }
     }
 
     /// Checks that credentials for pushing to `repo` are accepted where the registry can tell
-    /// before a write (a token service refusing them); reads and writes nothing.
+    /// before a write (a token service refusing them, or basic credentials refused); reads and
+    /// writes nothing.
     pub async fn check_push_access(&self, repo: &Repository) -> Result<(), RegistryError> {
-        let reference = oci_ref(repo, "latest");
-        let auth = self.authorize(&reference).await?;
-        self.retry("authenticate", Some(self.config.timeout), || async {
-            self.client
-                .auth(&reference, &auth, RegistryOperation::Push)
+        let scopes = [scope(repo.path(), "pull,push")];
+        let url = self.transport.url(repo.registry(), "");
+        self.retry("authenticate", self.config.timeout, || async {
+            let response = self
+                .transport
+                .send(repo.registry(), &scopes, |http| http.get(&url))
+                .await?;
+            expect(response, &[StatusCode::OK], "authenticate")
                 .await
                 .map(|_| ())
-                .map_err(classify)
         })
         .await
+    }
+
+    /// A HEAD request for a manifest: its answer when it exists, `None` on 404.
+    async fn head_manifest(
+        &self,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<Option<Response>, RegistryError> {
+        let url = self.transport.url(
+            repo.registry(),
+            &format!("{}/manifests/{reference}", repo.path()),
+        );
+        let scopes = [scope(repo.path(), "pull")];
+        let response = self
+            .transport
+            .send(repo.registry(), &scopes, |http| {
+                http.head(&url).headers(accept(ACCEPTED_MANIFEST_TYPES))
+            })
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        expect(response, &[StatusCode::OK], "check manifest")
+            .await
+            .map(Some)
+    }
+
+    /// The digest of the manifest at `reference` in `repo` (a HEAD request, or a bounded read
+    /// where the registry reports no digest), `None` when it does not exist.
+    async fn manifest_digest(
+        &self,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<Option<Digest>, RegistryError> {
+        let Some(response) = self.head_manifest(repo, reference).await? else {
+            return Ok(None);
+        };
+        if let Some(d) = reported_digest(response.headers()) {
+            return Ok(Some(d));
+        }
+        let fetched = self.get_manifest(repo, reference).await?;
+        Ok(Some(fetched.digest))
     }
 
     /// True when `repo` has the manifest `digest` (a HEAD request; 404 is `false`).
@@ -475,39 +397,51 @@ impl Registry {
         repo: &Repository,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
-        let reference = oci_ref(repo, digest.as_str());
-        let auth = self.authorize(&reference).await?;
-        self.retry("check manifest", Some(self.config.timeout), || async {
-            match self.client.fetch_manifest_digest(&reference, &auth).await {
-                Ok(found) => Ok(found == digest.as_str()),
-                Err(e) => match classify(e) {
-                    e if e.is_not_found() => Ok(false),
-                    e => Err(e),
-                },
-            }
+        self.retry("check manifest", self.config.timeout, || async {
+            let found = self.manifest_digest(repo, digest.as_str()).await?;
+            Ok(found.as_ref() == Some(digest))
         })
         .await
     }
 
     /// The digest `reference` resolves to (a HEAD request), `None` when it does not exist.
     pub async fn resolve(&self, reference: &Reference) -> Result<Option<Digest>, RegistryError> {
-        let r = oci_ref(&reference.repository, &reference.reference_str());
-        let auth = self.authorize(&r).await?;
-        self.retry("resolve manifest", Some(self.config.timeout), || async {
-            match self.client.fetch_manifest_digest(&r, &auth).await {
-                Ok(found) => found.parse().map(Some).map_err(|_| {
-                    RegistryError::new(
-                        RegistryErrorKind::Other,
-                        format!("registry reported an invalid digest {found:?}"),
-                    )
-                }),
-                Err(e) => match classify(e) {
-                    e if e.is_not_found() => Ok(None),
-                    e => Err(e),
-                },
-            }
+        let r = reference.reference_str();
+        self.retry("resolve manifest", self.config.timeout, || async {
+            self.manifest_digest(&reference.repository, &r).await
         })
         .await
+    }
+
+    /// One GET of a manifest, read up to [`MAX_MANIFEST_SIZE`], checked against the digest the
+    /// registry reports.
+    async fn get_manifest(
+        &self,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let url = self.transport.url(
+            repo.registry(),
+            &format!("{}/manifests/{reference}", repo.path()),
+        );
+        let scopes = [scope(repo.path(), "pull")];
+        let response = self
+            .transport
+            .send(repo.registry(), &scopes, |http| {
+                http.get(&url).headers(accept(ACCEPTED_MANIFEST_TYPES))
+            })
+            .await?;
+        let response = expect(response, &[StatusCode::OK], "read manifest").await?;
+        let reported = reported_digest(response.headers());
+        let bytes = read_limited(response, MAX_MANIFEST_SIZE, "manifest").await?;
+        let digest = Digest::sha256_of(&bytes);
+        match reported {
+            Some(r) if r.as_str().starts_with("sha256:") && r != digest => Err(RegistryError::new(
+                RegistryErrorKind::DigestMismatch,
+                format!("the registry says the manifest is {r}, its content is {digest}"),
+            )),
+            _ => Ok(FetchedManifest { bytes, digest }),
+        }
     }
 
     /// Reads a manifest (by tag or digest) as exact bytes, and verifies them against the digest
@@ -516,35 +450,24 @@ impl Registry {
         &self,
         reference: &Reference,
     ) -> Result<FetchedManifest, RegistryError> {
-        let r = oci_ref(&reference.repository, &reference.reference_str());
-        let auth = self.authorize(&r).await?;
-        let (bytes, _) = self
-            .retry("read manifest", Some(self.config.timeout), || async {
-                self.client
-                    .pull_manifest_raw(&r, &auth, ACCEPTED_MANIFEST_TYPES)
-                    .await
-                    .map_err(classify)
+        let r = reference.reference_str();
+        let fetched = self
+            .retry("read manifest", self.config.timeout, || async {
+                self.get_manifest(&reference.repository, &r).await
             })
             .await?;
-        if bytes.len() > MAX_MANIFEST_SIZE {
-            return Err(RegistryError::new(
-                RegistryErrorKind::Other,
-                format!(
-                    "manifest is {} bytes, more than {MAX_MANIFEST_SIZE}",
-                    bytes.len()
-                ),
-            ));
-        }
-        let digest = Digest::sha256_of(&bytes);
         if let Some(want) = &reference.digest {
-            if want.as_str().starts_with("sha256:") && want != &digest {
+            if want.as_str().starts_with("sha256:") && want != &fetched.digest {
                 return Err(RegistryError::new(
                     RegistryErrorKind::DigestMismatch,
-                    format!("asked for {want}, got content with digest {digest}"),
+                    format!(
+                        "asked for {want}, got content with digest {}",
+                        fetched.digest
+                    ),
                 ));
             }
         }
-        Ok(FetchedManifest { bytes, digest })
+        Ok(fetched)
     }
 
     /// Reads a small blob (an image config) from `repo`, verifying its digest and size.
@@ -555,25 +478,39 @@ impl Registry {
     ) -> Result<Vec<u8>, RegistryError> {
         if blob.size > MAX_CONFIG_SIZE {
             return Err(RegistryError::new(
-                RegistryErrorKind::Other,
+                RegistryErrorKind::TooLarge,
                 format!(
                     "blob {} is {} bytes, more than the {MAX_CONFIG_SIZE} read into memory",
                     blob.digest, blob.size
                 ),
             ));
         }
-        let r = oci_ref(repo, blob.digest.as_str());
-        self.authorize(&r).await?;
+        let url = self.transport.url(
+            repo.registry(),
+            &format!("{}/blobs/{}", repo.path(), blob.digest),
+        );
+        let scopes = [scope(repo.path(), "pull")];
         let data = self
-            .retry("read blob", Some(self.config.timeout), || async {
-                let mut out = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
-                self.client
-                    .pull_blob(&r, blob.digest.as_str(), &mut out)
-                    .await
-                    .map_err(classify)?;
-                Ok(out)
+            .retry("read blob", self.config.timeout, || async {
+                let response = self
+                    .transport
+                    .send(repo.registry(), &scopes, |http| http.get(&url))
+                    .await?;
+                let response = expect(response, &[StatusCode::OK], "read blob").await?;
+                // the size cap is the descriptor's size: a byte more is already wrong
+                read_limited(response, blob.size as usize, "blob").await
             })
-            .await?;
+            .await
+            .map_err(|e| match e.kind {
+                RegistryErrorKind::TooLarge => RegistryError::new(
+                    RegistryErrorKind::DigestMismatch,
+                    format!(
+                        "blob {} is larger than its descriptor's {} bytes",
+                        blob.digest, blob.size
+                    ),
+                ),
+                _ => e,
+            })?;
         if data.len() as u64 != blob.size {
             return Err(RegistryError::new(
                 RegistryErrorKind::DigestMismatch,
@@ -585,7 +522,14 @@ impl Registry {
                 ),
             ));
         }
-        Ok(data)
+        let digest = Digest::sha256_of(&data);
+        if blob.digest.as_str().starts_with("sha256:") && digest != blob.digest {
+            return Err(RegistryError::new(
+                RegistryErrorKind::DigestMismatch,
+                format!("blob {} has content with digest {digest}", blob.digest),
+            ));
+        }
+        Ok(data.to_vec())
     }
 
     /// True when `repo` has the blob `digest`.
@@ -594,20 +538,27 @@ impl Registry {
         repo: &Repository,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
-        let r = oci_ref(repo, digest.as_str());
-        self.authorize(&r).await?;
-        self.retry("check blob", Some(self.config.timeout), || async {
-            self.client
-                .blob_exists(&r, digest.as_str())
-                .await
-                .map_err(classify)
+        let url = self
+            .transport
+            .url(repo.registry(), &format!("{}/blobs/{digest}", repo.path()));
+        let scopes = [scope(repo.path(), "pull")];
+        self.retry("check blob", self.config.timeout, || async {
+            let response = self
+                .transport
+                .send(repo.registry(), &scopes, |http| http.head(&url))
+                .await?;
+            match response.status() {
+                StatusCode::OK => Ok(true),
+                StatusCode::NOT_FOUND => Ok(false),
+                _ => Err(error_of(response, "check blob").await),
+            }
         })
         .await
     }
 
     /// Makes the blob available in `to`, from `from` in the same registry: nothing when it is
     /// there already, else a cross-repository mount, else (a registry that refuses the mount,
-    /// or a token that does not cover `from`) a streamed copy whose digest is verified.
+    /// or a token that does not cover `from`) a streamed copy of exactly the descriptor's size.
     pub async fn copy_blob(
         &self,
         from: &Repository,
@@ -617,42 +568,108 @@ impl Registry {
         if self.blob_exists(to, &blob.digest).await? {
             return Ok(());
         }
-        let target = oci_ref(to, blob.digest.as_str());
-        let source = oci_ref(from, blob.digest.as_str());
-        self.authorize(&target).await?;
-        let mounted = self
-            .retry("mount blob", Some(self.config.timeout), || async {
-                self.client
-                    .mount_blob(&target, &source, blob.digest.as_str())
-                    .await
-                    .map_err(classify)
+        let upload = self
+            .retry("mount blob", self.config.timeout, || {
+                self.mount(from, to, blob)
             })
-            .await;
-        match mounted {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => {
-                debug!(blob = %blob.digest, %from, %to, error = %e, "mount not done, copying the blob")
-            }
-        }
-        self.retry("copy blob", None, || async {
-            let stream = self
-                .client
-                .pull_blob_stream(&source, blob.digest.as_str())
-                .await
-                .map_err(classify)?;
-            self.client
-                .push_blob_stream(
-                    &target,
-                    stream.stream.map_err(OciDistributionError::IoError),
-                    blob.digest.as_str(),
-                    Some(blob.size),
-                )
-                .await
-                .map_err(classify)?;
-            Ok(())
+            .await?;
+        let Some(upload) = upload else {
+            return Ok(());
+        };
+        debug!(blob = %blob.digest, %from, %to, "mount not done, copying the blob");
+        let deadline = self.config.timeout + Duration::from_secs(blob.size / MIN_COPY_RATE);
+        self.retry("copy blob", deadline, || {
+            self.stream_copy(from, to, blob, &upload)
         })
         .await
+    }
+
+    /// Asks the registry to mount the blob from `from` into `to`: `None` when it did, else the
+    /// upload the registry opened instead (or an upload opened for the copy).
+    async fn mount(
+        &self,
+        from: &Repository,
+        to: &Repository,
+        blob: &BlobDescriptor,
+    ) -> Result<Option<url::Url>, RegistryError> {
+        let url = self
+            .transport
+            .url(to.registry(), &format!("{}/blobs/uploads/", to.path()));
+        let query = [("mount", blob.digest.as_str()), ("from", from.path())];
+        let scopes = [scope(to.path(), "pull,push"), scope(from.path(), "pull")];
+        let response = self
+            .transport
+            .send(to.registry(), &scopes, |http| {
+                http.post(&url).query(&query).header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        let response = expect(
+            response,
+            &[StatusCode::CREATED, StatusCode::ACCEPTED],
+            "mount blob",
+        )
+        .await?;
+        if response.status() == StatusCode::CREATED {
+            return Ok(None);
+        }
+        resolve_location(&url, &response).map(Some)
+    }
+
+    /// Streams the blob from `from` into the open `upload` of `to`, refusing a source that
+    /// sends more than the descriptor's size; the registry verifies the digest.
+    async fn stream_copy(
+        &self,
+        from: &Repository,
+        to: &Repository,
+        blob: &BlobDescriptor,
+        upload: &url::Url,
+    ) -> Result<(), RegistryError> {
+        let source_url = self.transport.url(
+            from.registry(),
+            &format!("{}/blobs/{}", from.path(), blob.digest),
+        );
+        let source = self
+            .transport
+            .send(from.registry(), &[scope(from.path(), "pull")], |http| {
+                http.get(&source_url)
+            })
+            .await?;
+        let source = expect(source, &[StatusCode::OK], "read blob").await?;
+        let size = blob.size;
+        let mut sent = 0u64;
+        let body = source.bytes_stream().map(move |chunk| {
+            let chunk = chunk?;
+            sent += chunk.len() as u64;
+            if sent > size {
+                return Err(std::io::Error::other(format!(
+                    "the source sent more than the blob's {size} bytes"
+                ))
+                .into());
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(chunk)
+        });
+        let mut target = upload.clone();
+        target
+            .query_pairs_mut()
+            .append_pair("digest", blob.digest.as_str());
+        let scopes = [scope(to.path(), "pull,push")];
+        let body = std::sync::Mutex::new(Some(reqwest::Body::wrap_stream(body)));
+        let response = self
+            .transport
+            .send(to.registry(), &scopes, |http| {
+                let request = http
+                    .request(Method::PUT, target.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, size);
+                match body.lock().ok().and_then(|mut b| b.take()) {
+                    Some(b) => request.body(b),
+                    None => request,
+                }
+            })
+            .await?;
+        expect(response, &[StatusCode::CREATED], "copy blob")
+            .await
+            .map(|_| ())
     }
 
     /// Pushes manifest `bytes` (exactly these bytes) of `media_type` to `repo` at `target`, and
@@ -673,36 +690,49 @@ impl Registry {
                 ));
             }
         }
-        let content_type = http::HeaderValue::from_str(media_type).map_err(|_| {
+        let content_type = HeaderValue::from_str(media_type).map_err(|_| {
             RegistryError::new(
                 RegistryErrorKind::Other,
                 format!("invalid media type {media_type:?}"),
             )
         })?;
-        let r = oci_ref(repo, target.as_str());
-        let auth = self.authorize(&r).await?;
-        self.retry("push manifest", Some(self.config.timeout), || async {
-            let location = self
-                .client
-                .push_manifest_raw(&r, bytes.clone(), content_type.clone())
-                .await
-                .map_err(classify)?;
-            let reported = match digest_from_location(&location) {
+        let url = self.transport.url(
+            repo.registry(),
+            &format!("{}/manifests/{}", repo.path(), target.as_str()),
+        );
+        let scopes = [scope(repo.path(), "pull,push")];
+        self.retry("push manifest", self.config.timeout, || async {
+            let response = self
+                .transport
+                .send(repo.registry(), &scopes, |http| {
+                    http.put(&url)
+                        .header(CONTENT_TYPE, content_type.clone())
+                        .body(bytes.clone())
+                })
+                .await?;
+            let response = expect(
+                response,
+                &[StatusCode::CREATED, StatusCode::OK],
+                "push manifest",
+            )
+            .await?;
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(digest_from_location);
+            let reported = match reported_digest(response.headers()).or(location) {
                 Some(d) => d,
-                None => {
-                    // the Location names no digest: ask the registry what the reference is now
-                    let found = self
-                        .client
-                        .fetch_manifest_digest(&r, &auth)
-                        .await
-                        .map_err(classify)?;
-                    found.parse().map_err(|_| {
+                // the answer names no digest: ask the registry what the reference is now
+                None => self
+                    .manifest_digest(repo, target.as_str())
+                    .await?
+                    .ok_or_else(|| {
                         RegistryError::new(
                             RegistryErrorKind::Other,
-                            format!("registry reported an invalid digest {found:?}"),
+                            "the registry accepted the manifest but does not have it",
                         )
-                    })?
-                }
+                    })?,
             };
             if reported != digest {
                 return Err(RegistryError::new(
@@ -720,90 +750,28 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_client::errors::{OciEnvelope, OciError};
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn backoff_grows_with_jitter_up_to_the_cap_and_stops_after_the_attempts() {
+        use backon::BackoffBuilder;
         let p = RetryPolicy {
-            attempts: 10,
+            attempts: 6,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(500),
         };
-        let waits: Vec<u128> = (1..=5).map(|n| p.backoff(n).as_millis()).collect();
-        assert_eq!(waits, vec![100, 200, 400, 500, 500]);
-        assert_eq!(p.backoff(200), Duration::from_millis(500));
-    }
-
-    fn server(code: u16) -> OciDistributionError {
-        OciDistributionError::ServerError {
-            code,
-            url: "http://r/v2/".into(),
-            message: "boom".into(),
+        let waits: Vec<Duration> = p.backoff().build().collect();
+        assert_eq!(waits.len(), 5, "attempts - 1 retries");
+        for (n, w) in waits.iter().enumerate() {
+            let base = Duration::from_millis(100 * (1 << n)).min(Duration::from_millis(500));
+            assert!(
+                *w >= base && *w <= base * 2,
+                "wait {n}: {w:?} not in [{base:?}, 2x]"
+            );
         }
-    }
-
-    fn envelope(code: OciErrorCode) -> OciDistributionError {
-        OciDistributionError::RegistryError {
-            envelope: OciEnvelope {
-                errors: vec![OciError {
-                    code,
-                    message: "m".into(),
-                    detail: serde_json::Value::Null,
-                }],
-            },
-            url: "http://r/v2/".into(),
-        }
-    }
-
-    #[test]
-    fn only_rate_limits_server_errors_and_connection_failures_are_transient() {
-        use RegistryErrorKind as K;
-        let cases: Vec<(OciDistributionError, RegistryErrorKind, bool)> = vec![
-            (server(500), K::Server(500), true),
-            (server(502), K::Server(502), true),
-            (server(503), K::Server(503), true),
-            (server(429), K::RateLimited, true),
-            (server(401), K::Unauthorized, false),
-            (server(403), K::Denied, false),
-            (server(404), K::NotFound, false),
-            (server(400), K::Other, false),
-            (
-                envelope(OciErrorCode::Toomanyrequests),
-                K::RateLimited,
-                true,
-            ),
-            (envelope(OciErrorCode::ManifestUnknown), K::NotFound, false),
-            (envelope(OciErrorCode::NameUnknown), K::NotFound, false),
-            (envelope(OciErrorCode::Unauthorized), K::Unauthorized, false),
-            (envelope(OciErrorCode::Denied), K::Denied, false),
-            (envelope(OciErrorCode::ManifestInvalid), K::Other, false),
-            (
-                OciDistributionError::UnauthorizedError { url: "u".into() },
-                K::Unauthorized,
-                false,
-            ),
-            (
-                OciDistributionError::AuthenticationFailure("bad password".into()),
-                K::Unauthorized,
-                false,
-            ),
-            (
-                OciDistributionError::IoError(std::io::Error::other("reset")),
-                K::Connection,
-                true,
-            ),
-            (
-                OciDistributionError::SpecViolationError("202".into()),
-                K::Other,
-                false,
-            ),
-        ];
-        for (err, kind, transient) in cases {
-            let text = err.to_string();
-            let e = classify(err);
-            assert_eq!(e.kind, kind, "{text}");
-            assert_eq!(e.is_transient(), transient, "{text}");
-        }
+        assert_eq!(
+            RetryPolicy { attempts: 1, ..p }.backoff().build().count(),
+            0
+        );
     }
 
     #[test]

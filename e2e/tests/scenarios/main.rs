@@ -7,6 +7,7 @@
 mod build;
 mod election;
 mod faults;
+mod hostile;
 mod lifecycle;
 mod nodes;
 mod release;
