@@ -14,6 +14,12 @@ root=$(cd "$here/.." && pwd)
 state=${E2E_STATE:-/tmp/multiarch-e2e}
 target=${CARGO_TARGET_DIR:-$root/target}
 
+# one environment per machine (fixed ports): a second run waits for the first to finish
+exec 9>"${TMPDIR:-/tmp}/multiarch-e2e-env.lock"
+if ! flock -n 9; then
+  echo "[e2e] another end-to-end run holds the environment; waiting for it" >&2
+  flock 9
+fi
 "$here/env.sh" up
 trap '"$here/env.sh" down >/dev/null 2>&1' EXIT
 cd "$root"
