@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs the product locally: the end-to-end environment (a real control plane with simulated amd64
-# and arm64 nodes, a registry, a git server), the operator with its ServiceAccount's RBAC, and a
-# sample MultiArchImage that ends Ready; prints the published index. `make down` stops it all.
+# Runs the product locally: the end-to-end environment (a real control plane, real Karpenter
+# launching simulated amd64 and arm64 nodes, a registry, a git server), the operator with its
+# ServiceAccount's RBAC, and a sample MultiArchImage that ends Ready; prints the NodeClaims
+# Karpenter launched for its builders, the published index, and the nodes going away after the
+# build. `make down` stops it all.
 # The builders' own commands run with real rootless BuildKit on this machine (the builder double's
 # real mode), building the sample Go service from the local git server.
 set -euo pipefail
@@ -31,7 +33,15 @@ spec:
   tags: ["1.0.0", "latest"]
   platforms: ["linux/amd64", "linux/arm64"]
 YAML
-kubectl wait -n builds mai/apiping --for=condition=Ready --timeout=600s
+claims='NODECLAIM:.metadata.name,TYPE:.metadata.labels.node\.kubernetes\.io/instance-type,NODE:.status.nodeName,REQUIREMENTS:.spec.requirements[?(@.key=="kubernetes.io/arch")].values'
+echo "Each builder waits for a node of its architecture; Karpenter launches them:"
+for _ in $(seq 120); do
+  [ "$(kubectl get nodeclaims -o name | wc -l)" -ge 2 ] && break
+  sleep 1
+done
+kubectl wait nodeclaims --all --for=condition=Ready --timeout=120s >/dev/null
+kubectl get nodeclaims -o custom-columns="$claims"
+kubectl wait -n builds mai/apiping --for=condition=Ready --timeout=900s
 kubectl get mai -n builds -o wide
 kubectl get pods -n builds -o custom-columns='BUILDER:.metadata.name,PLATFORM:.metadata.annotations.multiarch\.dev/platform,NODE:.spec.nodeName'
 echo
@@ -42,6 +52,18 @@ digest=$(skopeo inspect --raw --tls-verify=false "docker://$E2E_REGISTRY/team/ap
 crane export "$E2E_REGISTRY/team/apiping@$digest" - | tar -xO app/apiping >"$state/apiping-arm64"
 chmod +x "$state/apiping-arm64"
 echo "The arm64 image's binary, run with qemu-aarch64-static: $(qemu-aarch64-static "$state/apiping-arm64")"
+echo
+echo "After the build Karpenter consolidates the builders' nodes away:"
+for _ in $(seq 180); do
+  [ "$(kubectl get nodeclaims -o name | wc -l)" -eq 0 ] && break
+  sleep 1
+done
+if [ "$(kubectl get nodeclaims -o name | wc -l)" -eq 0 ]; then
+  echo "no NodeClaim left; the nodes the builders ran on are gone:"
+  kubectl get nodes -l karpenter.sh/nodepool=builders 2>&1
+else
+  kubectl get nodeclaims -o custom-columns="$claims"
+fi
 cat <<TEXT
 
 Everything is still running. Try:

@@ -19,7 +19,11 @@ root=$(cd "$here/.." && pwd)
 state=${E2E_STATE:-/tmp/multiarch-e2e}
 etcd_data=/dev/shm/multiarch-e2e-etcd
 API_PORT=16443 ETCD_PORT=12379 ETCD_PEER_PORT=12380 REGISTRY_PORT=15001 GIT_PORT=19418 GIT_HTTP_PORT=19419
-KCM_PORT=20257 SCHED_PORT=20259 KWOK_PORT=20263
+KCM_PORT=20257 SCHED_PORT=20259 KWOK_PORT=20263 KARPENTER_METRICS_PORT=20280 KARPENTER_HEALTH_PORT=20281
+# the static nodes' taint and label: fixtures (the chart's operator pod) and static-node builders
+# (the operator's default in the suite) tolerate and select them; Karpenter's NodePool offers
+# neither, so it never launches a node for them, and its own nodes never take them
+STATIC_KEY=e2e.multiarch.dev/static
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 install_packages() {
@@ -96,8 +100,9 @@ metadata:
     kubernetes.io/hostname: $2
     type: kwok
     node.kubernetes.io/instance-type: $([ "$1" = arm64 ] && echo m7g.xlarge || echo m7i.xlarge)
+    $STATIC_KEY: "true"
 spec:
-  taints: [{key: node.kubernetes.io/not-ready, effect: NoSchedule}]
+  taints: [{key: node.kubernetes.io/not-ready, effect: NoSchedule}, {key: $STATIC_KEY, value: "true", effect: NoSchedule}]
 status:
   allocatable: {cpu: "16", memory: 64Gi, pods: "110", ephemeral-storage: 200Gi}
   capacity: {cpu: "16", memory: 64Gi, pods: "110", ephemeral-storage: 200Gi}
@@ -111,13 +116,15 @@ add_node() {
   log "node $2 ($1) is Ready"
 }
 
-stages() { # KWOK's own node and pod stages, plus the builder-finish stage of the test double
+stages() { # KWOK's own node and pod stages (pod-delete made to wait for finalizers), plus the builder stages
   local kwok
   kwok=$(cd "$here/tools/kwok" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
   local s=$kwok/kustomize/stage
   for f in "$s/node/fast/node-initialize.yaml" "$s/node/heartbeat/node-heartbeat.yaml" \
-           "$s/pod/fast/pod-ready.yaml" "$s/pod/fast/pod-delete.yaml" "$here/kwok/builder-finish.yaml"; do
-    echo "---"; cat "$f"
+           "$s/pod/fast/pod-ready.yaml" "$here/kwok/builder-evicted.yaml" "$here/kwok/builder-finish.yaml"; do
+    echo "---"
+    # a node Karpenter created has no nodeInfo yet: report the architecture of its label, not amd64
+    sed 's/architecture: {{ or $nodeInfo.architecture "amd64" }}/architecture: {{ or $nodeInfo.architecture (index .metadata.labels "kubernetes.io\/arch") "amd64" }}/' "$f"
   done
 }
 
@@ -206,6 +213,7 @@ EOF
   buildkit_bin=$("$here/buildkit/install.sh" "$bin" | tail -n1)
   python3 "$here/buildkit/base_images.py" "127.0.0.1:$REGISTRY_PORT"
 
+  karpenter
   wait_for "default ServiceAccount" 60 kubectl get serviceaccount default -n default
   add_node amd64 kwok-amd64-1
   $arm64 && add_node arm64 kwok-arm64-1
@@ -216,7 +224,9 @@ EOF
   kubectl create namespace multiarch-system >/dev/null
   kubectl label namespace multiarch-system pod-security.kubernetes.io/enforce=restricted >/dev/null
   helm install multiarch-operator "$root/charts/multiarch-operator" -n multiarch-system \
-    --set image.repository=127.0.0.1:$REGISTRY_PORT/multiarch-operator --set image.tag=e2e >/dev/null
+    --set image.repository=127.0.0.1:$REGISTRY_PORT/multiarch-operator --set image.tag=e2e \
+    --set-json "nodeSelector={\"$STATIC_KEY\":\"true\"}" \
+    --set-json "tolerations=[{\"key\":\"$STATIC_KEY\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}]" >/dev/null
   kubectl wait --for condition=established crd/multiarchimages.multiarch.dev --timeout=30s >/dev/null
   wait_for "operator ServiceAccount" 30 kubectl get serviceaccount multiarch-operator -n multiarch-system
   local token
@@ -238,8 +248,24 @@ export E2E_GIT_HTTP_URL=http://127.0.0.1:$GIT_HTTP_PORT/public/sample.git
 export E2E_GIT_PRIVATE_URL=http://127.0.0.1:$GIT_HTTP_PORT/private/sample.git
 export E2E_GIT_USER=x-access-token
 export E2E_GIT_PASSWORD=$(cat "$state/git-private.token")
+export E2E_STATIC_KEY=$STATIC_KEY
 EOF
   log "up in $((SECONDS - started))s; source $state/env"
+}
+
+karpenter() { # real Karpenter (KWOK cloud provider), its CRDs, a node class and the builders' NodePool
+  local crds
+  crds=$(dirname "$bin")/karpenter-crds
+  kubectl apply --server-side -f "$crds" >/dev/null
+  kubectl wait --for condition=established --timeout=60s -f "$crds" >/dev/null
+  python3 "$here/karpenter/instance_types.py" >"$state/instance-types.json"
+  start karpenter env KUBECONFIG="$state/admin.kubeconfig" DISABLE_LEADER_ELECTION=true \
+    METRICS_PORT="$KARPENTER_METRICS_PORT" HEALTH_PROBE_PORT="$KARPENTER_HEALTH_PORT" \
+    INSTANCE_TYPES_FILE_PATH="$state/instance-types.json" BATCH_IDLE_DURATION=1s \
+    karpenter-kwok
+  wait_for karpenter 60 curl -sf "http://127.0.0.1:$KARPENTER_HEALTH_PORT/readyz"
+  kubectl apply -f "$here/karpenter/nodepool.yaml" >/dev/null
+  log "karpenter is ready"
 }
 
 down() {

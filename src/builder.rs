@@ -420,6 +420,17 @@ pub fn render_job(input: &BuilderInput<'_>) -> Job {
             active_deadline_seconds: i64::try_from(deadline).ok(),
             pod_failure_policy: Some(PodFailurePolicy {
                 rules: vec![
+                    // a pod lost to a disruption is replaced, up to the operator-wide cap; first, because
+                    // an evicted container also ends with a non-zero code (137) and the first
+                    // matching rule decides
+                    PodFailurePolicyRule {
+                        action: "Count".into(),
+                        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                            type_: "DisruptionTarget".into(),
+                            status: "True".into(),
+                        }]),
+                        ..Default::default()
+                    },
                     // a build that fails by itself ends the attempt at once
                     PodFailurePolicyRule {
                         action: "FailJob".into(),
@@ -428,15 +439,6 @@ pub fn render_job(input: &BuilderInput<'_>) -> Job {
                             operator: "NotIn".into(),
                             values: vec![0],
                         }),
-                        ..Default::default()
-                    },
-                    // a pod lost to a disruption is replaced, up to the operator-wide cap
-                    PodFailurePolicyRule {
-                        action: "Count".into(),
-                        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
-                            type_: "DisruptionTarget".into(),
-                            status: "True".into(),
-                        }]),
                         ..Default::default()
                     },
                 ],
@@ -659,8 +661,12 @@ mod tests {
         let job = render(serde_json::json!({}), "linux/amd64", 1);
         let spec = job.spec.as_ref().unwrap();
         let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
-        assert_eq!(rules[0].action, "FailJob");
-        assert_eq!(rules[1].action, "Count");
+        assert_eq!(
+            rules[0].action, "Count",
+            "disruptions first: an evicted builder exits 137"
+        );
+        assert!(rules[0].on_pod_conditions.is_some());
+        assert_eq!(rules[1].action, "FailJob");
         assert_eq!(
             spec.backoff_limit,
             Some(BuilderDefaults::default().max_disruptions)

@@ -17,6 +17,7 @@ Scenario faults (synthetic mode) come from the test, as annotations on the Multi
   fail-once   fail attempt 1 only
   wrong-arch  push an amd64 image while the builder is for another platform (the mislabelling bug)
   hang        never finish
+  slow-N      finish (successfully) N seconds after the pod started running
 Everything else in the environment is real.
 """
 
@@ -171,6 +172,29 @@ def handle(pod, kubeconfig):
         pass
     log(f"{ns}/{name}: {platform} on {pod['spec'].get('nodeName')} (attempt {attempt}, fault {fault or 'none'})")
     if fault == "hang":
+        return
+    if fault.startswith("slow-"):
+        seconds = int(fault.split("-", 1)[1])
+        threading.Timer(seconds, finish_later, args=(pod, ns, name, platform, output, attempt, kubeconfig)).start()
+        return
+    finish_build(pod, ns, name, platform, output, fault, attempt, kubeconfig)
+
+
+def finish_later(pod, ns, name, platform, output, attempt, kubeconfig):
+    try:
+        finish_build(pod, ns, name, platform, output, "", attempt, kubeconfig)
+    except (subprocess.CalledProcessError, urllib.error.URLError, KeyError, OSError) as e:
+        log(f"{ns}/{name}: {e}")
+
+
+def finish_build(pod, ns, name, platform, output, fault, attempt, kubeconfig):
+    try:
+        current = json.loads(kubectl(["get", "pod", "-n", ns, name, "-o", "json"], kubeconfig))
+        if current["metadata"]["uid"] != pod["metadata"]["uid"] or current["metadata"].get("deletionTimestamp"):
+            log(f"{ns}/{name}: gone before it finished")
+            return
+    except subprocess.CalledProcessError:
+        log(f"{ns}/{name}: gone before it finished")
         return
     if fault == "fail" or (fault == "fail-once" and attempt == "1"):
         finish(name, ns, 1, "#12 [build 4/4] RUN go build\nerror: e2e: build failed on purpose", kubeconfig)

@@ -18,6 +18,17 @@ use crate::env;
 pub const HEALTH_ADDR: &str = "127.0.0.1:18081";
 pub const METRICS_ADDR: &str = "127.0.0.1:18091";
 
+/// Flags that put builders on the environment's static nodes only (Karpenter's NodePool offers
+/// no such label, so it launches nothing for them).
+pub fn static_node_args() -> Vec<String> {
+    vec![
+        "--builder-node-selector".to_string(),
+        format!("{STATIC_KEY}=true"),
+        "--builder-tolerations".to_string(),
+        format!(r#"[{{"key":"{STATIC_KEY}","operator":"Exists","effect":"NoSchedule"}}]"#),
+    ]
+}
+
 /// How to start an instance.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -25,7 +36,13 @@ pub struct Options {
     pub failpoint: Option<String>,
     /// Flags after the defaults.
     pub args: Vec<String>,
+    /// Builders go where Karpenter launches nodes: without the default's selector and toleration
+    /// of the environment's static nodes.
+    pub karpenter: bool,
 }
+
+/// The label and taint key of the environment's static nodes (`e2e/env.sh`).
+pub const STATIC_KEY: &str = "e2e.multiarch.dev/static";
 
 /// Children this process started, so that they are reaped (a zombie would look alive).
 static CHILDREN: Mutex<Vec<Child>> = Mutex::new(Vec::new());
@@ -155,6 +172,9 @@ pub fn start(options: &Options) -> u32 {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if !options.karpenter {
+        args.extend(static_node_args());
+    }
     args.extend(options.args.iter().cloned());
     let mut vars = vec![(
         "KUBECONFIG".to_string(),

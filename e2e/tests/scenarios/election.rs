@@ -39,6 +39,7 @@ fn start_replica(name: &'static str, health: u16, metrics: u16) -> Replica {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(operator::static_node_args())
     .collect();
     let vars = [
         ("POD_NAME".to_string(), format!("replica-{name}")),

@@ -8,6 +8,7 @@ mod build;
 mod election;
 mod faults;
 mod hostile;
+mod karpenter;
 mod lifecycle;
 mod nodes;
 mod release;
