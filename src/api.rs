@@ -420,6 +420,11 @@ impl Reason {
             Reason::PublishFailed => "PublishFailed",
         }
     }
+
+    /// The reason written as [`Reason::as_str`] writes it (a condition's or an annotation's).
+    pub fn parse(s: &str) -> Option<Reason> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
 }
 
 impl Phase {
