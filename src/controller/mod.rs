@@ -1,7 +1,12 @@
 //! The controller: the only code that talks to the Kubernetes API. It watches `MultiArchImage`
 //! objects and their builder Jobs and Pods (kept in reflector stores, so reading them costs no
-//! API call), and runs the reconcile loop: dereference -> validate -> plan -> act -> status.
+//! API call), and runs the reconcile loop (`reconcile`): validate -> observe (`gather`, reading
+//! builders with `observe`) -> plan -> execute (`execute`, publishing through `publishing`) ->
+//! report.
 
+mod error;
+mod execute;
+mod gather;
 pub mod leader;
 mod observe;
 mod publishing;
@@ -20,7 +25,8 @@ use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-pub use observe::{observe, reported_digest, stopped_annotation};
+pub use error::{Category, Error};
+pub use observe::{observe, reported_digest, stopped_annotation, PushCheck};
 
 use crate::api::MultiArchImage;
 use crate::builder::{LABEL_MANAGED_BY, LABEL_MANAGED_BY_VALUE};
@@ -65,36 +71,6 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<MultiArchImage>, u32>>,
 }
 
-/// Errors of one reconcile; each knows whether retrying can help.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("registry: {0}")]
-    Registry(String),
-    #[error("source: {0}")]
-    Source(String),
-    #[error("object has no namespace or name")]
-    MissingMetadata,
-    /// A Job with a builder's name exists but belongs to another object (for example the
-    /// predecessor of an object deleted and created again, not yet garbage-collected).
-    #[error("builder {0} exists but is not owned by this object; waiting for it to go away")]
-    BuilderNameTaken(String),
-}
-
-impl Error {
-    /// A short category for logs and metrics (bounded).
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kubernetes",
-            Error::Registry(_) => "registry",
-            Error::Source(_) => "source",
-            Error::MissingMetadata => "metadata",
-            Error::BuilderNameTaken(_) => "builder_name_taken",
-        }
-    }
-}
-
 fn backoff(ctx: &Context, obj: &MultiArchImage) -> Duration {
     let key = ObjectRef::from(obj);
     let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,11 +90,12 @@ fn error_policy(
     ctx: Arc<Context>,
 ) -> kube::runtime::controller::Action {
     let delay = backoff(&ctx, &obj);
-    ctx.metrics.reconcile_failed(error.category());
+    ctx.metrics.reconcile_failed(error.category().as_str());
     warn!(
         namespace = obj.metadata.namespace.as_deref().unwrap_or_default(),
         object = obj.metadata.name.as_deref().unwrap_or_default(),
-        category = error.category(),
+        category = error.category().as_str(),
+        transient = error.is_transient(),
         retry_in = ?delay,
         "reconcile failed: {error}"
     );
