@@ -468,7 +468,7 @@ pub fn crd(
 pub fn crd_yaml() -> String {
     let crd = crd();
     // serializing a CRD cannot fail: it is plain data with string keys
-    let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
+    let yaml = serde_norway::to_string(&crd).unwrap_or_default();
     format!("---\n{yaml}")
 }
 
