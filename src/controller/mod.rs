@@ -215,16 +215,13 @@ async fn run_controller(
     let wc = watcher::Config::default();
     let builders =
         watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={LABEL_MANAGED_BY_VALUE}"));
-    let namespaces = settings.namespaces.clone();
+    let objects: Api<MultiArchImage> = watched(&client, &settings.namespaces)?;
+    let jobs_api: Api<Job> = watched(&client, &settings.namespaces)?;
+    let pods_api: Api<Pod> = watched(&client, &settings.namespaces)?;
 
     let (job_store, job_writer) = reflector::store::<Job>();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let (object_store, object_writer) = reflector::store::<MultiArchImage>();
-    let (objects, jobs_api, pods_api): (Api<MultiArchImage>, Api<Job>, Api<Pod>) = match namespaces.as_slice() {
-        [ns] => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        [] => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-        _ => anyhow::bail!("watching several namespaces (not all) is not supported yet: give one namespace, or none for all"),
-    };
     metrics.watch_objects(object_store.clone());
     let queue = metrics.clone();
     let objects = reflector::reflector(object_writer, watcher(objects, wc))
@@ -254,39 +251,12 @@ async fn run_controller(
             }
         });
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "multiarch-operator".into(),
-            instance: Some(settings.instance.clone()),
-        },
-    );
     let concurrency = settings.concurrency;
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        settings,
-        jobs: job_store,
-        pods: pod_store,
-        recorder,
-        metrics,
-        failures: Mutex::new(HashMap::new()),
-    });
+    let ctx = context(client, settings, job_store, pod_store, metrics);
 
     info!("starting the MultiArchImage controller");
     let pod_owners = ctx.jobs.clone();
-    let (jobs_ready, pods_ready, objects_ready) =
-        (ctx.jobs.clone(), ctx.pods.clone(), object_store.clone());
-    tokio::spawn(async move {
-        // polled, not awaited: a store's readiness wakes only its latest waiter, and reconciles
-        // check it too
-        loop {
-            if ready_now(&jobs_ready) && ready_now(&pods_ready) && ready_now(&objects_ready) {
-                readiness.set(true);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    set_ready_once_synced(readiness, &ctx, object_store.clone());
     Controller::for_stream(objects, object_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns_stream(jobs)
@@ -301,6 +271,65 @@ async fn run_controller(
         .await;
     info!("controller stopped");
     Ok(())
+}
+
+/// The API of `K` in the watched namespace, or in all namespaces.
+fn watched<K>(client: &Client, namespaces: &[String]) -> anyhow::Result<Api<K>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespaces {
+        [ns] => Ok(Api::namespaced(client.clone(), ns)),
+        [] => Ok(Api::all(client.clone())),
+        _ => anyhow::bail!("watching several namespaces (not all) is not supported yet: give one namespace, or none for all"),
+    }
+}
+
+/// The reconcilers' shared state.
+fn context(
+    client: Client,
+    settings: Settings,
+    jobs: Store<Job>,
+    pods: Store<Pod>,
+    metrics: Metrics,
+) -> Arc<Context> {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "multiarch-operator".into(),
+            instance: Some(settings.instance.clone()),
+        },
+    );
+    Arc::new(Context {
+        client,
+        settings,
+        jobs,
+        pods,
+        recorder,
+        metrics,
+        failures: Mutex::new(HashMap::new()),
+    })
+}
+
+/// Sets `readiness` once every store has seen its first complete list.
+fn set_ready_once_synced(
+    readiness: crate::health::Readiness,
+    ctx: &Context,
+    objects: Store<MultiArchImage>,
+) {
+    let (jobs, pods) = (ctx.jobs.clone(), ctx.pods.clone());
+    tokio::spawn(async move {
+        // polled, not awaited: a store's readiness wakes only its latest waiter, and reconciles
+        // check it too
+        loop {
+            if ready_now(&jobs) && ready_now(&pods) && ready_now(&objects) {
+                readiness.set(true);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
 }
 
 /// The `MultiArchImage` owning a builder Job (its controller owner reference).
