@@ -335,6 +335,14 @@ mod tests {
         })
     }
 
+    /// The platform failed for `reason` with `message`, and nothing is retried.
+    fn assert_failed(s: &Step, reason: Reason, message: &str) {
+        assert_eq!(s.status.phase, PlatformPhase::Failed);
+        assert_eq!(s.status.reason, Some(reason));
+        assert_eq!(s.status.message.as_deref(), Some(message));
+        assert_eq!(s.action, None);
+    }
+
     #[test]
     fn a_platform_without_builder_gets_its_first_attempt() {
         let d = desired(serde_json::json!({}));
@@ -391,12 +399,8 @@ mod tests {
             &[builder(&d, "linux/amd64", 1, state)],
             200,
         );
-        assert_eq!(s.status.phase, PlatformPhase::Failed);
-        assert_eq!(s.status.reason, Some(Reason::BuildFailed));
-        assert_eq!(
-            s.status.message.as_deref(),
-            Some("failed after 1 attempts: no such manifest")
-        );
+        let message = "failed after 1 attempts: no such manifest";
+        assert_failed(&s, Reason::BuildFailed, message);
     }
 
     #[test]
@@ -408,11 +412,10 @@ mod tests {
             "the build did not finish within 5m".into(),
         ));
         let s = step(&d, "linux/amd64", &[b], 200);
-        assert_eq!(s.action, None);
-        assert_eq!(s.status.reason, Some(Reason::BuildTimeout));
-        assert_eq!(
-            s.status.message.as_deref(),
-            Some("the build did not finish within 5m")
+        assert_failed(
+            &s,
+            Reason::BuildTimeout,
+            "the build did not finish within 5m",
         );
     }
 
