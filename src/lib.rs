@@ -8,9 +8,9 @@
 //! Where I/O happens:
 //!
 //! - `controller` is the only code that talks to the Kubernetes apiserver (watches, builder Jobs,
-//!   status, Events, the leader-election Lease);
-//! - `publish::registry` is the only code that talks to registries (the rest of `publish` and
-//!   `controller::publishing` go through it);
+//!   status, Events, the leader-election Lease), with the client `api_client` builds;
+//! - `publish::registry` is the only code that talks to registries, over its HTTP in
+//!   `publish::transport` (the rest of `publish` and `controller::publishing` go through it);
 //! - `git` talks to git servers, to resolve a revision to a commit;
 //! - `publish::credentials` reads Docker config files and runs `docker-credential-*` helpers;
 //! - `health` and `metrics` serve HTTP (`/healthz`, `/readyz`, `/metrics`);
