@@ -2,6 +2,7 @@
 //! builder's reported digest, and publishing the verified index. Registry credentials come from
 //! the object's `pushSecretRef` (a `kubernetes.io/dockerconfigjson` Secret).
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use tracing::info;
 
@@ -27,10 +28,14 @@ enum Credentials {
 async fn publisher(ctx: &Context, obj: &MultiArchImage) -> Result<Credentials, Error> {
     let credentials = match &obj.spec.push_secret_ref {
         None => DockerConfig::empty(),
-        Some(r) => match push_secret(ctx, obj, &r.name).await? {
-            Ok(config) => config,
-            Err(why) => return Ok(Credentials::Refused(why)),
-        },
+        Some(r) => {
+            let ns = obj.namespace().unwrap_or_default();
+            let secret = super::gather::get_secret(ctx, &ns, &r.name).await?;
+            match docker_config(secret.as_ref(), &format!("{ns}/{}", r.name)) {
+                Ok(config) => config,
+                Err(why) => return Ok(Credentials::Refused(why)),
+            }
+        }
     };
     let config = RegistryConfig {
         plain_http: ctx.settings.registry_plain_http,
@@ -44,28 +49,21 @@ async fn publisher(ctx: &Context, obj: &MultiArchImage) -> Result<Credentials, E
     })
 }
 
-/// The Docker config in the push Secret `name`, or why it cannot be used.
-async fn push_secret(
-    ctx: &Context,
-    obj: &MultiArchImage,
-    name: &str,
-) -> Result<Result<DockerConfig, String>, Error> {
-    let ns = obj.namespace().unwrap_or_default();
-    let secret = super::gather::get_secret(ctx, &ns, name).await?;
+/// The Docker config in the push Secret `name` (`namespace/name`), or why it cannot be used.
+fn docker_config(secret: Option<&Secret>, name: &str) -> Result<DockerConfig, String> {
     let Some(secret) = secret else {
-        return Ok(Err(format!("pushSecretRef: Secret {ns}/{name} not found")));
+        return Err(format!("pushSecretRef: Secret {name} not found"));
     };
     let Some(bytes) = secret
         .data
         .as_ref()
         .and_then(|d| d.get(".dockerconfigjson"))
     else {
-        return Ok(Err(format!(
-            "pushSecretRef: Secret {ns}/{name} has no .dockerconfigjson (it must be of type kubernetes.io/dockerconfigjson)"
-        )));
+        return Err(format!(
+            "pushSecretRef: Secret {name} has no .dockerconfigjson (it must be of type kubernetes.io/dockerconfigjson)"
+        ));
     };
-    Ok(DockerConfig::from_bytes(&bytes.0)
-        .map_err(|e| format!("pushSecretRef: Secret {ns}/{name}: {e}")))
+    DockerConfig::from_bytes(&bytes.0).map_err(|e| format!("pushSecretRef: Secret {name}: {e}"))
 }
 
 /// Checks that the registry has the manifest a builder reported; `Err` when the registry cannot
@@ -205,4 +203,30 @@ async fn tag_platforms(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(data: serde_json::Value) -> Secret {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "regcred"}, "data": data}))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_push_secret_that_cannot_be_used_says_why() {
+        let missing = docker_config(None, "ns/regcred").unwrap_err();
+        assert_eq!(missing, "pushSecretRef: Secret ns/regcred not found");
+        let opaque = docker_config(
+            Some(&secret(serde_json::json!({"token": "eA=="}))),
+            "ns/regcred",
+        );
+        assert!(opaque
+            .unwrap_err()
+            .contains("kubernetes.io/dockerconfigjson"));
+        // {"auths": {}}
+        let empty = secret(serde_json::json!({".dockerconfigjson": "eyJhdXRocyI6IHt9fQ=="}));
+        assert!(docker_config(Some(&empty), "ns/regcred").is_ok());
+    }
 }
