@@ -215,3 +215,50 @@ fn git_credentials(secret: &Secret) -> GitCredentials {
         },
     }
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A Secret with `data` (values base64).
+    pub(in crate::controller) fn secret(data: serde_json::Value) -> Secret {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "git"}, "data": data}))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_git_token_goes_with_the_usual_token_user_unless_one_is_given() {
+        // "t0k\n" and "bot"
+        let token = git_credentials(&secret(serde_json::json!({"token": "dDBrCg=="})));
+        assert_eq!(
+            (token.username.as_str(), token.password.as_str()),
+            ("x-access-token", "t0k")
+        );
+        let named = secret(serde_json::json!({"token": "dDBrCg==", "username": "Ym90"}));
+        assert_eq!(git_credentials(&named).username, "bot");
+        let basic = secret(serde_json::json!({"username": "Ym90", "password": "dDBrCg=="}));
+        let basic = git_credentials(&basic);
+        assert_eq!(
+            (basic.username.as_str(), basic.password.as_str()),
+            ("bot", "t0k")
+        );
+    }
+
+    #[test]
+    fn a_digest_is_trusted_again_only_for_the_platform_that_recorded_it() {
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "app-1a2b3c4d-linux-arm64-1", "labels": {"multiarch.dev/platform": "linux-arm64"}},
+        }))
+        .unwrap();
+        let status: MultiArchImageStatus = serde_json::from_value(serde_json::json!({
+            "platforms": [
+                {"platform": "linux/amd64", "phase": "Built", "digest": "sha256:aa", "builder": "app-1a2b3c4d-linux-amd64-1", "attempts": 0},
+                {"platform": "linux/arm64", "phase": "Built", "digest": "sha256:bb", "builder": "app-1a2b3c4d-linux-arm64-1", "attempts": 0},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(recorded_digest(&status, &job).as_deref(), Some("sha256:bb"));
+        assert!(already_built(&status, &job, "sha256:bb"));
+        assert!(!already_built(&status, &job, "sha256:aa"));
+    }
+}

@@ -208,11 +208,7 @@ async fn tag_platforms(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn secret(data: serde_json::Value) -> Secret {
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "regcred"}, "data": data}))
-            .unwrap()
-    }
+    use crate::controller::gather::tests::secret;
 
     #[test]
     fn a_push_secret_that_cannot_be_used_says_why() {
