@@ -5,6 +5,8 @@
 //! Outcomes that are expected (a builder refused at admission, an image missing from the registry,
 //! a push Secret that does not work) are not errors: they are recorded in status.
 
+use crate::metrics::ErrorCategory;
+
 /// A failed reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -76,46 +78,24 @@ pub enum Error {
     PushIndex { message: String },
 }
 
-/// The bounded categories errors are counted under (the `category` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Category {
-    Kubernetes,
-    Registry,
-    Source,
-    Metadata,
-    BuilderNameTaken,
-}
-
-impl Category {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Kubernetes => "kubernetes",
-            Category::Registry => "registry",
-            Category::Source => "source",
-            Category::Metadata => "metadata",
-            Category::BuilderNameTaken => "builder_name_taken",
-        }
-    }
-}
-
 impl Error {
     /// The category the error is counted under.
-    pub fn category(&self) -> Category {
+    pub fn category(&self) -> ErrorCategory {
         match self {
-            Error::MissingMetadata => Category::Metadata,
-            Error::BuilderNameTaken(_) => Category::BuilderNameTaken,
-            Error::ResolveSource { .. } => Category::Source,
+            Error::MissingMetadata => ErrorCategory::Metadata,
+            Error::BuilderNameTaken(_) => ErrorCategory::BuilderNameTaken,
+            Error::ResolveSource { .. } => ErrorCategory::Source,
             Error::CheckPushed { .. }
             | Error::VerifyImages { .. }
             | Error::TagImage { .. }
-            | Error::PushIndex { .. } => Category::Registry,
+            | Error::PushIndex { .. } => ErrorCategory::Registry,
             Error::GetSecret { .. }
             | Error::GetJob { .. }
             | Error::DryRunPod { .. }
             | Error::CreateJob { .. }
             | Error::StopJob { .. }
             | Error::DeleteJob { .. }
-            | Error::PatchStatus { .. } => Category::Kubernetes,
+            | Error::PatchStatus { .. } => ErrorCategory::Kubernetes,
         }
     }
 

@@ -25,7 +25,7 @@ use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-pub use error::{Category, Error};
+pub use error::Error;
 pub use observe::{observe, reported_digest, stopped_annotation, PushCheck};
 
 use crate::api::MultiArchImage;
@@ -90,7 +90,7 @@ fn error_policy(
     ctx: Arc<Context>,
 ) -> kube::runtime::controller::Action {
     let delay = backoff(&ctx, &obj);
-    ctx.metrics.reconcile_failed(error.category().as_str());
+    ctx.metrics.reconcile_failed(error.category());
     warn!(
         namespace = obj.metadata.namespace.as_deref().unwrap_or_default(),
         object = obj.metadata.name.as_deref().unwrap_or_default(),
