@@ -184,3 +184,38 @@ async fn emit(ctx: &Context, obj: &MultiArchImage, events: &[PlannedEvent]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Phase, Reason};
+    use crate::plan::{Conditions, Verdict};
+
+    fn status(phase: Phase) -> MultiArchImageStatus {
+        let prev = MultiArchImageStatus::default();
+        let mut status = prev.clone();
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let verdict = Verdict::new(phase, Reason::Building, "m");
+        Conditions::new(&prev, now, Some(1)).apply(&mut status, &verdict);
+        status
+    }
+
+    #[test]
+    fn objects_in_progress_are_looked_at_again_at_least_every_resync() {
+        let building = status(Phase::Building);
+        let soon = Duration::from_secs(30);
+        let late = Duration::from_secs(3600);
+        assert_eq!(next_look(&building, Some(soon)), Requeue::requeue(soon));
+        assert_eq!(
+            next_look(&building, Some(late)),
+            Requeue::requeue(IN_PROGRESS_RESYNC)
+        );
+        assert_eq!(
+            next_look(&building, None),
+            Requeue::requeue(IN_PROGRESS_RESYNC)
+        );
+        let done = status(Phase::Succeeded);
+        assert_eq!(next_look(&done, Some(late)), Requeue::requeue(late));
+        assert_eq!(next_look(&done, None), Requeue::await_change());
+    }
+}
