@@ -420,6 +420,11 @@ impl Reason {
             Reason::PublishFailed => "PublishFailed",
         }
     }
+
+    /// The reason written as [`Reason::as_str`] writes it (a condition's or an annotation's).
+    pub fn parse(s: &str) -> Option<Reason> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
 }
 
 impl Phase {
@@ -463,7 +468,7 @@ pub fn crd(
 pub fn crd_yaml() -> String {
     let crd = crd();
     // serializing a CRD cannot fail: it is plain data with string keys
-    let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
+    let yaml = serde_norway::to_string(&crd).unwrap_or_default();
     format!("---\n{yaml}")
 }
 

@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use crate::api::MultiArchImage;
+use crate::api::{MultiArchImage, MultiArchImageSpec};
 use crate::config::BuilderDefaults;
 use crate::platform::Platform;
 use crate::validate::DesiredBuild;
@@ -273,35 +273,186 @@ pub fn buildctl_args(input: &BuilderInput<'_>) -> Vec<String> {
     args
 }
 
-/// Renders the builder Job.
+/// Renders the builder Job: its metadata, its failure policy and deadline, and the pod template.
 pub fn render_job(input: &BuilderInput<'_>) -> Job {
     let object = input.object;
-    let name = object.metadata.name.clone().unwrap_or_default();
-    let spec = &object.spec;
-    let platform = input.platform;
     let desired = input.desired;
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let labels = labels(input);
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(
+                &name,
+                &desired.build_id,
+                input.platform,
+                input.attempt,
+            )),
+            namespace: object.metadata.namespace.clone(),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations(input)),
+            owner_references: owner_reference(object).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(input.defaults.max_disruptions),
+            active_deadline_seconds: deadline_seconds(desired),
+            pod_failure_policy: Some(failure_policy()),
+            template: pod_template(input, labels),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
 
-    let mut labels = object_selector(&name);
-    labels.insert(LABEL_PLATFORM.into(), platform_label(platform));
-    labels.insert(LABEL_BUILD.into(), desired.build_id.clone());
+// --- metadata and labels ---
+
+/// The labels of the Job and its pods: the object's selector, the platform, build and attempt.
+fn labels(input: &BuilderInput<'_>) -> BTreeMap<String, String> {
+    let name = input.object.metadata.name.as_deref().unwrap_or_default();
+    let mut labels = object_selector(name);
+    labels.insert(LABEL_PLATFORM.into(), platform_label(input.platform));
+    labels.insert(LABEL_BUILD.into(), input.desired.build_id.clone());
     labels.insert(LABEL_ATTEMPT.into(), input.attempt.to_string());
-    let annotations = BTreeMap::from([
+    labels
+}
+
+/// The annotations of the Job (and its pods): where it pushes, the commit, the platform.
+fn annotations(input: &BuilderInput<'_>) -> BTreeMap<String, String> {
+    BTreeMap::from([
         (
             ANNOTATION_OUTPUT.to_string(),
-            desired.repository.to_string(),
+            input.desired.repository.to_string(),
         ),
         (ANNOTATION_COMMIT.to_string(), input.commit.to_string()),
-        (ANNOTATION_PLATFORM.to_string(), platform.to_string()),
-    ]);
-    let mut pod_annotations = annotations.clone();
+        (ANNOTATION_PLATFORM.to_string(), input.platform.to_string()),
+    ])
+}
+
+fn owner_reference(object: &MultiArchImage) -> Option<OwnerReference> {
+    let mut owner = object.controller_owner_ref(&())?;
+    owner.block_owner_deletion = Some(true);
+    Some(owner)
+}
+
+// --- failure policy and deadlines ---
+
+/// The whole attempt's backstop: the time to get a node plus the build timeout.
+fn deadline_seconds(desired: &DesiredBuild) -> Option<i64> {
+    let deadline = desired.provisioning_timeout.as_secs() + desired.timeout.as_secs();
+    i64::try_from(deadline).ok()
+}
+
+/// A pod lost to a disruption is replaced (counted against `backoffLimit`, the operator-wide
+/// cap); a build that fails by itself fails the Job at once. The disruption rule comes first: the
+/// first matching rule decides, and an evicted builder's container also ends with a non-zero code
+/// (137).
+fn failure_policy() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![
+            PodFailurePolicyRule {
+                action: "Count".into(),
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: "True".into(),
+                }]),
+                ..Default::default()
+            },
+            PodFailurePolicyRule {
+                action: "FailJob".into(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some(CONTAINER.into()),
+                    operator: "NotIn".into(),
+                    values: vec![0],
+                }),
+                ..Default::default()
+            },
+        ],
+    }
+}
+
+// --- the pod ---
+
+/// The pod template: never restarted in place, no API token, on a node of the platform.
+fn pod_template(input: &BuilderInput<'_>, labels: BTreeMap<String, String>) -> PodTemplateSpec {
+    let (object, platform, defaults) = (input.object, input.platform, input.defaults);
+    let mut pod_annotations = annotations(input);
     pod_annotations.insert(ANNOTATION_DO_NOT_DISRUPT.into(), "true".into());
+    let builder = object.spec.builder.as_ref();
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(pod_annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            service_account_name: builder.and_then(|b| b.service_account_name.clone()),
+            node_selector: Some(node_selector(object, platform, defaults)),
+            tolerations: Some(tolerations(object, platform, defaults)).filter(|t| !t.is_empty()),
+            security_context: Some(PodSecurityContext {
+                fs_group: Some(ROOTLESS_UID),
+                ..Default::default()
+            }),
+            containers: vec![container(input)],
+            volumes: Some(storage(&object.spec).into_iter().map(|(v, _)| v).collect()),
+            ..Default::default()
+        }),
+    }
+}
 
-    let builder = spec.builder.clone().unwrap_or_default();
-    let image = builder
-        .image
-        .clone()
+// --- the container and its arguments ---
+
+/// The BuildKit container: [`BUILD_SCRIPT`] with [`buildctl_args`], rootless.
+fn container(input: &BuilderInput<'_>) -> Container {
+    let spec = &input.object.spec;
+    let image = spec
+        .builder
+        .as_ref()
+        .and_then(|b| b.image.clone())
         .unwrap_or_else(|| input.defaults.image.clone());
+    Container {
+        name: CONTAINER.into(),
+        image: Some(image),
+        command: Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            BUILD_SCRIPT.into(),
+            "buildctl-daemonless.sh".into(),
+        ]),
+        args: Some(buildctl_args(input)),
+        env: Some(env(spec)),
+        resources: Some(resources(input.object, input.platform, input.defaults)),
+        volume_mounts: Some(storage(spec).into_iter().map(|(_, m)| m).collect()),
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(rootless_security_context()),
+        ..Default::default()
+    }
+}
 
+/// Rootless BuildKit creates user namespaces: the runtime's default seccomp and AppArmor
+/// profiles forbid that (Pod Security "baseline" rejects `Unconfined`).
+fn rootless_security_context() -> SecurityContext {
+    SecurityContext {
+        seccomp_profile: Some(SeccompProfile {
+            type_: "Unconfined".into(),
+            ..Default::default()
+        }),
+        app_armor_profile: Some(AppArmorProfile {
+            type_: "Unconfined".into(),
+            ..Default::default()
+        }),
+        run_as_user: Some(ROOTLESS_UID),
+        run_as_group: Some(ROOTLESS_UID),
+        run_as_non_root: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The container's environment: rootless BuildKit's, the Docker config with a push Secret, and
+/// the git token with a git Secret.
+fn env(spec: &MultiArchImageSpec) -> Vec<EnvVar> {
     let mut env = vec![
         env_var("BUILDKITD_FLAGS", "--oci-worker-no-process-sandbox"),
         env_var("HOME", HOME),
@@ -309,51 +460,8 @@ pub fn render_job(input: &BuilderInput<'_>) -> Job {
         env_var("XDG_RUNTIME_DIR", "/tmp/run"),
         env_var("TMPDIR", "/tmp"),
     ];
-    let mut volumes = vec![
-        Volume {
-            name: "buildkitd".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        },
-        Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        },
-    ];
-    let mut mounts = vec![
-        VolumeMount {
-            name: "buildkitd".into(),
-            mount_path: BUILDKIT_STATE.into(),
-            ..Default::default()
-        },
-        VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        },
-    ];
-    if let Some(secret) = &spec.push_secret_ref {
+    if spec.push_secret_ref.is_some() {
         env.push(env_var("DOCKER_CONFIG", DOCKER_CONFIG_DIR));
-        volumes.push(Volume {
-            name: "docker-config".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: ".dockerconfigjson".into(),
-                    path: "config.json".into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "docker-config".into(),
-            mount_path: DOCKER_CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
     }
     if let Some(secret) = &spec.source.git.secret_ref {
         // BuildKit reads the git token for the context from the GIT_AUTH_TOKEN build secret.
@@ -370,105 +478,50 @@ pub fn render_job(input: &BuilderInput<'_>) -> Job {
             ..Default::default()
         });
     }
+    env
+}
 
-    let container = Container {
-        name: CONTAINER.into(),
-        image: Some(image),
-        command: Some(vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            BUILD_SCRIPT.into(),
-            "buildctl-daemonless.sh".into(),
-        ]),
-        args: Some(buildctl_args(input)),
-        env: Some(env),
-        resources: Some(resources(object, platform, input.defaults)),
-        volume_mounts: Some(mounts),
-        termination_message_path: Some(TERMINATION_LOG.into()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(SecurityContext {
-            // rootless BuildKit creates user namespaces: the runtime's default seccomp and
-            // AppArmor profiles forbid that (Pod Security "baseline" rejects Unconfined)
-            seccomp_profile: Some(SeccompProfile {
-                type_: "Unconfined".into(),
-                ..Default::default()
-            }),
-            app_armor_profile: Some(AppArmorProfile {
-                type_: "Unconfined".into(),
-                ..Default::default()
-            }),
-            run_as_user: Some(ROOTLESS_UID),
-            run_as_group: Some(ROOTLESS_UID),
-            run_as_non_root: Some(true),
-            ..Default::default()
-        }),
+// --- volumes and mounts ---
+
+/// Each volume of the pod with where the container mounts it: BuildKit's state and `/tmp` on
+/// emptyDirs, and with a push Secret its Docker config, read-only.
+fn storage(spec: &MultiArchImageSpec) -> Vec<(Volume, VolumeMount)> {
+    let mount = |name: &str, path: &str, read_only: Option<bool>| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only,
         ..Default::default()
     };
-
-    let deadline = desired.provisioning_timeout.as_secs() + desired.timeout.as_secs();
-    Job {
-        metadata: ObjectMeta {
-            name: Some(job_name(&name, &desired.build_id, platform, input.attempt)),
-            namespace: object.metadata.namespace.clone(),
-            labels: Some(labels.clone()),
-            annotations: Some(annotations),
-            owner_references: owner_reference(object).map(|o| vec![o]),
+    let scratch = |name: &str, path: &str| {
+        let volume = Volume {
+            name: name.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
-        },
-        spec: Some(JobSpec {
-            backoff_limit: Some(input.defaults.max_disruptions),
-            active_deadline_seconds: i64::try_from(deadline).ok(),
-            pod_failure_policy: Some(PodFailurePolicy {
-                rules: vec![
-                    // a pod lost to a disruption is replaced, up to the operator-wide cap; first, because
-                    // an evicted container also ends with a non-zero code (137) and the first
-                    // matching rule decides
-                    PodFailurePolicyRule {
-                        action: "Count".into(),
-                        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
-                            type_: "DisruptionTarget".into(),
-                            status: "True".into(),
-                        }]),
-                        ..Default::default()
-                    },
-                    // a build that fails by itself ends the attempt at once
-                    PodFailurePolicyRule {
-                        action: "FailJob".into(),
-                        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
-                            container_name: Some(CONTAINER.into()),
-                            operator: "NotIn".into(),
-                            values: vec![0],
-                        }),
-                        ..Default::default()
-                    },
-                ],
+        };
+        (volume, mount(name, path, None))
+    };
+    let mut all = vec![scratch("buildkitd", BUILDKIT_STATE), scratch("tmp", "/tmp")];
+    if let Some(secret) = &spec.push_secret_ref {
+        let config = KeyToPath {
+            key: ".dockerconfigjson".into(),
+            path: "config.json".into(),
+            ..Default::default()
+        };
+        let volume = Volume {
+            name: "docker-config".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![config]),
+                ..Default::default()
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(pod_annotations),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    automount_service_account_token: Some(false),
-                    service_account_name: builder.service_account_name.clone(),
-                    node_selector: Some(node_selector(object, platform, input.defaults)),
-                    tolerations: Some(tolerations(object, platform, input.defaults))
-                        .filter(|t| !t.is_empty()),
-                    security_context: Some(PodSecurityContext {
-                        fs_group: Some(ROOTLESS_UID),
-                        ..Default::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..Default::default()
-                }),
-            },
             ..Default::default()
-        }),
-        status: None,
+        };
+        all.push((
+            volume,
+            mount("docker-config", DOCKER_CONFIG_DIR, Some(true)),
+        ));
     }
+    all
 }
 
 fn env_var(name: &str, value: &str) -> EnvVar {
@@ -477,12 +530,6 @@ fn env_var(name: &str, value: &str) -> EnvVar {
         value: Some(value.into()),
         ..Default::default()
     }
-}
-
-fn owner_reference(object: &MultiArchImage) -> Option<OwnerReference> {
-    let mut owner = object.controller_owner_ref(&())?;
-    owner.block_owner_deletion = Some(true);
-    Some(owner)
 }
 
 #[cfg(test)]
@@ -661,10 +708,7 @@ mod tests {
         let job = render(serde_json::json!({}), "linux/amd64", 1);
         let spec = job.spec.as_ref().unwrap();
         let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
-        assert_eq!(
-            rules[0].action, "Count",
-            "disruptions first: an evicted builder exits 137"
-        );
+        assert_eq!(rules[0].action, "Count", "disruptions first: an evicted builder exits 137");
         assert!(rules[0].on_pod_conditions.is_some());
         assert_eq!(rules[1].action, "FailJob");
         assert_eq!(
@@ -672,5 +716,35 @@ mod tests {
             Some(BuilderDefaults::default().max_disruptions)
         );
         assert_eq!(pod(&job).restart_policy.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn every_mount_has_its_volume_and_the_docker_config_is_read_only() {
+        let job = render(
+            serde_json::json!({"pushSecretRef": {"name": "regcred"}}),
+            "linux/amd64",
+            1,
+        );
+        let p = pod(&job);
+        let volumes: Vec<&str> = p
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        let mounts = p.containers[0].volume_mounts.clone().unwrap();
+        assert_eq!(
+            volumes,
+            mounts.iter().map(|m| m.name.as_str()).collect::<Vec<_>>()
+        );
+        let config = mounts
+            .iter()
+            .find(|m| m.mount_path == DOCKER_CONFIG_DIR)
+            .unwrap();
+        assert_eq!(config.read_only, Some(true));
+        let env = p.containers[0].env.clone().unwrap();
+        assert!(env.iter().any(|e| e.name == "DOCKER_CONFIG"));
+        assert!(!env.iter().any(|e| e.name == "GIT_AUTH_TOKEN"));
     }
 }

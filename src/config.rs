@@ -60,41 +60,34 @@ impl Default for BuilderDefaults {
 #[error("invalid duration {0:?}: expected a whole number of hours, minutes and seconds such as 45m, 1h30m or 90s")]
 pub struct DurationError(pub String);
 
-/// Parses `1h30m`, `45m`, `90s` (whole units, in that order).
+/// Parses a duration with jiff: its friendly format (`1h30m`, `45m`, `90s`, also `1h 30m` or
+/// `2 hours`) or ISO 8601 (`PT1H30M`). Hours, minutes and seconds in that order, each at most
+/// once; whole seconds only, not negative. Days are refused (not every day has 24 hours).
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let err = || DurationError(s.to_string());
-    if s.is_empty() {
+    // jiff reads fractions (`1.5h`); a duration here is a whole number of each unit
+    if s.contains(['.', ',']) {
         return Err(err());
     }
-    let mut total = 0u64;
-    let mut num = String::new();
-    let mut last_unit = 0u8; // 1 = h, 2 = m, 3 = s: units must come in order
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let (rank, secs) = match c {
-            'h' => (1, 3600),
-            'm' => (2, 60),
-            's' => (3, 1),
-            _ => return Err(err()),
-        };
-        if num.is_empty() || rank <= last_unit {
-            return Err(err());
-        }
-        let n: u64 = num.parse().map_err(|_| err())?;
-        total = n
-            .checked_mul(secs)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(err)?;
-        num.clear();
-        last_unit = rank;
-    }
-    if !num.is_empty() {
+    let parsed: jiff::SignedDuration = s.parse().map_err(|_| err())?;
+    if parsed.subsec_nanos() != 0 {
         return Err(err());
     }
-    Ok(Duration::from_secs(total))
+    Duration::try_from(parsed).map_err(|_| err())
+}
+
+/// Parses a duration of a spec field, in the compact form the CRD's validation rule allows
+/// (`1h30m`, `45m`, `90s`: no spaces, no other units), so that the controller accepts exactly
+/// what admission does.
+pub fn parse_compact_duration(s: &str) -> Result<Duration, DurationError> {
+    let compact = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'h' | b'm' | b's'))
+        && !s.contains("ms");
+    if !compact {
+        return Err(DurationError(s.to_string()));
+    }
+    parse_duration(s)
 }
 
 /// Formats a duration the way [`parse_duration`] reads it.
@@ -125,6 +118,48 @@ mod tests {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         for bad in ["", "m", "10", "1m1h", "1d", "1.5h", "1h1h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_accept_jiffs_spellings_but_nothing_negative_fractional_or_in_days() {
+        for (text, secs) in [
+            ("0s", 0),
+            ("2h", 7200),
+            ("1h30m15s", 5415),
+            ("1h 30m", 5400),
+            ("2 hours", 7200),
+            ("PT1H30M", 5400),
+            ("3000ms", 3),
+        ] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        for bad in ["-5m", "1500ms", "1,5h", "2d", "1w", "P1D", "45", " "] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn spec_durations_are_only_the_compact_form() {
+        assert_eq!(
+            parse_compact_duration("1h30m"),
+            Ok(Duration::from_secs(5400))
+        );
+        for bad in [
+            "45 minutes",
+            "1h 30m",
+            "PT1H",
+            "1000ms",
+            "2hours",
+            "",
+            "1m1h",
+            "1.5h",
+        ] {
+            assert!(parse_compact_duration(bad).is_err(), "{bad:?}");
         }
     }
 

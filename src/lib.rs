@@ -1,9 +1,21 @@
 //! multiarch-operator: builds multi-architecture container images natively, one BuildKit builder
 //! per CPU architecture on a node of that architecture, and publishes a verified OCI image index.
 //!
-//! The pure core (API types, validation, the build planner, builder rendering, index assembly) has
-//! no client, no clock and no randomness; the controller and the registry adapter are the only
-//! modules that do I/O.
+//! The pure core has no client, no clock and no randomness: `api` (the types, source of the CRD),
+//! `validate`, `plan` (the build state machine), `builder` (builder Job rendering),
+//! `publish::index` (index assembly), `reference`, `platform` and `config`.
+//!
+//! Where I/O happens:
+//!
+//! - `controller` is the only code that talks to the Kubernetes apiserver (watches, builder Jobs,
+//!   status, Events, the leader-election Lease), with the client `api_client` builds;
+//! - `publish::registry` is the only code that talks to registries, over its HTTP in
+//!   `publish::transport` (the rest of `publish` and `controller::publishing` go through it);
+//! - `git` talks to git servers, to resolve a revision to a commit;
+//! - `publish::credentials` reads Docker config files and runs `docker-credential-*` helpers;
+//! - `health` and `metrics` serve HTTP (`/healthz`, `/readyz`, `/metrics`);
+//! - `telemetry` writes logs to standard error, and `failpoint` may end the process where an
+//!   environment variable says (crash tests).
 
 pub mod api;
 pub mod api_client;

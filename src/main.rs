@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use multiarch_operator::config::{parse_duration, BuilderDefaults, DEFAULT_BUILDER_IMAGE};
 use multiarch_operator::controller::leader::LeaderElection;
+use multiarch_operator::controller::Settings;
 use multiarch_operator::metrics::Metrics;
 use multiarch_operator::telemetry::{self, LogFormat};
 
@@ -132,8 +133,48 @@ fn pairs(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format);
+    let settings = settings(&args)?;
+    let metrics = Metrics::new();
+    let client = client(&args, &metrics).await?;
+    let readiness = multiarch_operator::health::Readiness::default();
+    let health = tokio::spawn(multiarch_operator::health::serve(
+        args.health_addr,
+        readiness.clone(),
+    ));
+    let metrics_server = tokio::spawn(multiarch_operator::metrics::serve(
+        args.metrics_addr,
+        metrics.clone(),
+    ));
+    let result = multiarch_operator::controller::run(client, settings, readiness, metrics).await;
+    metrics_server.abort();
+    health.abort();
+    result
+}
+
+/// The controller's settings from the flags (and the pod's environment).
+fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
+    let defaults = builder_defaults(args)?;
+    let instance = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "multiarch-operator".into());
+    let leader_election = leader_election(args, &instance)?;
+    Ok(Settings {
+        namespaces: args.namespace.iter().cloned().collect(),
+        concurrency: args.concurrency,
+        defaults,
+        instance,
+        registry_plain_http: args.registry_plain_http,
+        registry_insecure: args.registry_insecure,
+        registry_ca_file: args.registry_ca_file.clone(),
+        leader_election,
+        source_retry: parse_duration(&args.source_retry_interval)?,
+    })
+}
+
+/// The operator-wide builder defaults from the flags.
+fn builder_defaults(args: &RunArgs) -> anyhow::Result<BuilderDefaults> {
     let mut defaults = BuilderDefaults {
-        image: args.builder_image,
+        image: args.builder_image.clone(),
         timeout: parse_duration(&args.build_timeout)?,
         provisioning_timeout: parse_duration(&args.provisioning_timeout)?,
         max_disruptions: args.max_disruptions,
@@ -156,58 +197,41 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             k8s_openapi::apimachinery::pkg::api::resource::Quantity(v),
         );
     }
-    let instance = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "multiarch-operator".into());
-    let leader_election = if args.leader_elect {
-        let lease_duration = parse_duration(&args.lease_duration)?;
-        anyhow::ensure!(
-            lease_duration >= std::time::Duration::from_secs(3),
-            "--lease-duration must be at least 3s"
-        );
-        Some(LeaderElection {
-            namespace: args
-                .leader_election_namespace
-                .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                .unwrap_or_else(|| "default".into()),
-            lease: args.leader_election_lease,
-            identity: instance.clone(),
-            lease_duration,
-        })
-    } else {
-        None
-    };
-    let settings = multiarch_operator::controller::Settings {
-        namespaces: args.namespace.into_iter().collect(),
-        concurrency: args.concurrency,
-        defaults,
-        instance,
-        registry_plain_http: args.registry_plain_http,
-        registry_insecure: args.registry_insecure,
-        registry_ca_file: args.registry_ca_file,
-        leader_election,
-        source_retry: parse_duration(&args.source_retry_interval)?,
-    };
-    let metrics = Metrics::new();
+    Ok(defaults)
+}
+
+/// Leader election, when `--leader-elect` is set, with this replica's identity `instance`.
+fn leader_election(args: &RunArgs, instance: &str) -> anyhow::Result<Option<LeaderElection>> {
+    if !args.leader_elect {
+        return Ok(None);
+    }
+    let lease_duration = parse_duration(&args.lease_duration)?;
+    anyhow::ensure!(
+        lease_duration >= std::time::Duration::from_secs(3),
+        "--lease-duration must be at least 3s"
+    );
+    Ok(Some(LeaderElection {
+        namespace: args
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into()),
+        lease: args.leader_election_lease.clone(),
+        identity: instance.to_string(),
+        lease_duration,
+    }))
+}
+
+/// A Kubernetes client from the environment (in-cluster or kubeconfig) whose calls time out after
+/// `--api-timeout` and are counted in the metrics.
+async fn client(args: &RunArgs, metrics: &Metrics) -> anyhow::Result<kube::Client> {
     let counter = metrics.clone();
     let client = multiarch_operator::api_client::build(
         kube::Config::infer().await?,
         parse_duration(&args.api_timeout)?,
         move |req| counter.api_request(req),
     )?;
-    let readiness = multiarch_operator::health::Readiness::default();
-    let health = tokio::spawn(multiarch_operator::health::serve(
-        args.health_addr,
-        readiness.clone(),
-    ));
-    let metrics_server = tokio::spawn(multiarch_operator::metrics::serve(
-        args.metrics_addr,
-        metrics.clone(),
-    ));
-    let result = multiarch_operator::controller::run(client, settings, readiness, metrics).await;
-    metrics_server.abort();
-    health.abort();
-    result
+    Ok(client)
 }
 
 #[tokio::main]

@@ -52,6 +52,28 @@ struct VerbLabels {
     verb: String,
 }
 
+/// The categories failed reconciles are counted under (the `category` label): a fixed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCategory {
+    Kubernetes,
+    Registry,
+    Source,
+    Metadata,
+    BuilderNameTaken,
+}
+
+impl ErrorCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCategory::Kubernetes => "kubernetes",
+            ErrorCategory::Registry => "registry",
+            ErrorCategory::Source => "source",
+            ErrorCategory::Metadata => "metadata",
+            ErrorCategory::BuilderNameTaken => "builder_name_taken",
+        }
+    }
+}
+
 fn build_duration_histogram() -> Histogram {
     // 10 s to about 3 h
     Histogram::new(exponential_buckets(10.0, 2.0, 11))
@@ -192,11 +214,12 @@ impl Metrics {
         }
     }
 
-    pub fn reconcile_failed(&self, category: &str) {
+    /// A reconcile failed with an error of `category`.
+    pub fn reconcile_failed(&self, category: ErrorCategory) {
         self.inner
             .reconcile_errors
             .get_or_create(&CategoryLabels {
-                category: category.to_string(),
+                category: category.as_str().to_string(),
             })
             .inc();
     }
@@ -352,7 +375,7 @@ mod tests {
         let m = Metrics::new();
         m.build_finished("linux/arm64", "succeeded", Some(Duration::from_secs(42)));
         m.build_finished("linux/arm64", "BuildFailed", None);
-        m.reconcile_failed("registry");
+        m.reconcile_failed(ErrorCategory::Registry);
         let req = http::Request::get("/apis/batch/v1/jobs?watch=true&labelSelector=x")
             .body(())
             .unwrap();

@@ -4,6 +4,15 @@
 //!
 //! A name whose first component has no `.` or `:` and is not `localhost` is on Docker Hub
 //! (`docker.io`, with `library/` for single-component names), as `docker` resolves it.
+//!
+//! Why not `oci_spec::distribution::Reference` (whose name grammar is the same regular
+//! expression): its rules differ where they matter here. It reads a reference without tag or
+//! digest as `:latest`, where a `--tag` or source without one is a mistake we refuse; it has no
+//! repository-only form (`spec.image` must have neither tag nor digest); it accepts uppercase hex
+//! and `sha384` digests, which registries here never produce; it rewrites `index.docker.io` to
+//! `docker.io`; its registry host cannot be a bracketed IPv6 address (`[::1]:5000`); it limits
+//! the path alone, not the whole name, to 255 characters; and its errors do not say what to fix,
+//! while ours end up in the object's `Stalled` condition.
 
 use std::fmt;
 use std::str::FromStr;

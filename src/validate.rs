@@ -8,7 +8,7 @@ use std::time::Duration;
 use sha2::Digest as _;
 
 use crate::api::{MultiArchImage, MultiArchImageSpec, REBUILD_ANNOTATION};
-use crate::config::{parse_duration, BuilderDefaults};
+use crate::config::{parse_compact_duration, BuilderDefaults};
 use crate::platform::Platform;
 use crate::reference::{Repository, Tag, MAX_TAG_LEN};
 
@@ -55,19 +55,52 @@ impl DesiredBuild {
 #[error("{0}")]
 pub struct InvalidSpec(pub String);
 
-/// Validates the object against the operator's defaults.
+/// Validates the object against the operator's defaults. The checks run in the order of the
+/// spec's fields, and the first that fails is reported.
 pub fn validate(
     obj: &MultiArchImage,
     defaults: &BuilderDefaults,
 ) -> Result<DesiredBuild, InvalidSpec> {
     let spec = &obj.spec;
-    let invalid = |msg: String| InvalidSpec(msg);
-
     let repository: Repository = spec
         .image
         .parse()
         .map_err(|e| invalid(format!("spec.image: {e}")))?;
+    let tags = tags(spec)?;
+    let platforms = platforms(spec)?;
+    if spec.platform_tags {
+        check_platform_tag_lengths(&tags[0], &platforms)?;
+    }
+    check_overrides(spec, &platforms)?;
+    let (timeout, provisioning_timeout) = timeouts(spec, defaults)?;
+    check_source_url(&spec.source.git.url)?;
+    let retries = u32::try_from(spec.retries)
+        .map_err(|_| invalid("spec.retries: must be zero or more".into()))?;
+    let rebuild = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REBUILD_ANNOTATION))
+        .cloned();
+    Ok(DesiredBuild {
+        build_id: build_id(spec, rebuild.as_deref()),
+        repository,
+        tags,
+        platforms,
+        platform_tags: spec.platform_tags,
+        retries,
+        timeout,
+        provisioning_timeout,
+        rebuild,
+    })
+}
 
+fn invalid(msg: String) -> InvalidSpec {
+    InvalidSpec(msg)
+}
+
+/// The tags: at least one, each valid, none twice.
+fn tags(spec: &MultiArchImageSpec) -> Result<Vec<Tag>, InvalidSpec> {
     if spec.tags.is_empty() {
         return Err(invalid("spec.tags: at least one tag is required".into()));
     }
@@ -81,7 +114,11 @@ pub fn validate(
         }
         tags.push(tag);
     }
+    Ok(tags)
+}
 
+/// The platforms: at least one, each valid, no two the same (aliases included).
+fn platforms(spec: &MultiArchImageSpec) -> Result<Vec<Platform>, InvalidSpec> {
     if spec.platforms.is_empty() {
         return Err(invalid(
             "spec.platforms: at least one platform is required".into(),
@@ -99,20 +136,26 @@ pub fn validate(
         }
         platforms.push(platform);
     }
+    Ok(platforms)
+}
 
-    if spec.platform_tags {
-        let primary = tags[0].as_str();
-        for p in &platforms {
-            let len = primary.len() + 1 + p.tag_suffix().len();
-            if len > MAX_TAG_LEN {
-                return Err(invalid(format!(
-                    "spec.tags[0]: the per-platform tag {primary}-{} would be {len} characters, over the registry limit of {MAX_TAG_LEN}; shorten the tag or set platformTags: false",
-                    p.tag_suffix()
-                )));
-            }
+/// Each per-platform tag `<tags[0]>-<arch><variant>` fits the registry's tag length limit.
+fn check_platform_tag_lengths(primary: &Tag, platforms: &[Platform]) -> Result<(), InvalidSpec> {
+    let primary = primary.as_str();
+    for p in platforms {
+        let len = primary.len() + 1 + p.tag_suffix().len();
+        if len > MAX_TAG_LEN {
+            return Err(invalid(format!(
+                "spec.tags[0]: the per-platform tag {primary}-{} would be {len} characters, over the registry limit of {MAX_TAG_LEN}; shorten the tag or set platformTags: false",
+                p.tag_suffix()
+            )));
         }
     }
+    Ok(())
+}
 
+/// Every platform override names one of the platforms.
+fn check_overrides(spec: &MultiArchImageSpec, platforms: &[Platform]) -> Result<(), InvalidSpec> {
     for (i, o) in spec.platform_overrides.iter().enumerate() {
         let p: Platform = o
             .platform
@@ -124,50 +167,41 @@ pub fn validate(
             )));
         }
     }
+    Ok(())
+}
 
+/// The build timeout and the provisioning timeout, from the spec or the defaults; not zero.
+fn timeouts(
+    spec: &MultiArchImageSpec,
+    defaults: &BuilderDefaults,
+) -> Result<(Duration, Duration), InvalidSpec> {
     let builder = spec.builder.clone().unwrap_or_default();
-    let timeout = match &builder.timeout {
-        Some(t) => parse_duration(t).map_err(|e| invalid(format!("spec.builder.timeout: {e}")))?,
-        None => defaults.timeout,
+    let duration = |value: &Option<String>, field: &str, default: Duration| match value {
+        Some(t) => parse_compact_duration(t).map_err(|e| invalid(format!("{field}: {e}"))),
+        None => Ok(default),
     };
-    let provisioning_timeout = match &builder.provisioning_timeout {
-        Some(t) => parse_duration(t)
-            .map_err(|e| invalid(format!("spec.builder.provisioningTimeout: {e}")))?,
-        None => defaults.provisioning_timeout,
-    };
+    let timeout = duration(&builder.timeout, "spec.builder.timeout", defaults.timeout)?;
+    let provisioning_timeout = duration(
+        &builder.provisioning_timeout,
+        "spec.builder.provisioningTimeout",
+        defaults.provisioning_timeout,
+    )?;
     if timeout.is_zero() || provisioning_timeout.is_zero() {
         return Err(invalid(
             "spec.builder: timeouts must be longer than zero".into(),
         ));
     }
+    Ok((timeout, provisioning_timeout))
+}
 
-    let url = &spec.source.git.url;
-    if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("git://")) {
-        return Err(invalid(format!(
-            "spec.source.git.url: {url:?} must start with https://, http:// or git:// (SSH URLs are not supported)"
-        )));
+/// The git URL is one BuildKit can fetch without SSH.
+fn check_source_url(url: &str) -> Result<(), InvalidSpec> {
+    if url.starts_with("https://") || url.starts_with("http://") || url.starts_with("git://") {
+        return Ok(());
     }
-
-    let retries = u32::try_from(spec.retries)
-        .map_err(|_| invalid("spec.retries: must be zero or more".into()))?;
-    let rebuild = obj
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(REBUILD_ANNOTATION))
-        .cloned();
-
-    Ok(DesiredBuild {
-        build_id: build_id(spec, rebuild.as_deref()),
-        repository,
-        tags,
-        platforms,
-        platform_tags: spec.platform_tags,
-        retries,
-        timeout,
-        provisioning_timeout,
-        rebuild,
-    })
+    Err(invalid(format!(
+        "spec.source.git.url: {url:?} must start with https://, http:// or git:// (SSH URLs are not supported)"
+    )))
 }
 
 /// A short hash of the build inputs: everything but the tags, `platformTags` and `retries`.

@@ -1,7 +1,12 @@
 //! The controller: the only code that talks to the Kubernetes API. It watches `MultiArchImage`
 //! objects and their builder Jobs and Pods (kept in reflector stores, so reading them costs no
-//! API call), and runs the reconcile loop: dereference -> validate -> plan -> act -> status.
+//! API call), and runs the reconcile loop (`reconcile`): validate -> observe (`gather`, reading
+//! builders with `observe`) -> plan -> execute (`execute`, publishing through `publishing`) ->
+//! report.
 
+mod error;
+mod execute;
+mod gather;
 pub mod leader;
 mod observe;
 mod publishing;
@@ -20,7 +25,8 @@ use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-pub use observe::{observe, reported_digest, stopped_annotation};
+pub use error::Error;
+pub use observe::{observe, reported_digest, stopped_annotation, PushCheck};
 
 use crate::api::MultiArchImage;
 use crate::builder::{LABEL_MANAGED_BY, LABEL_MANAGED_BY_VALUE};
@@ -65,36 +71,6 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<MultiArchImage>, u32>>,
 }
 
-/// Errors of one reconcile; each knows whether retrying can help.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("registry: {0}")]
-    Registry(String),
-    #[error("source: {0}")]
-    Source(String),
-    #[error("object has no namespace or name")]
-    MissingMetadata,
-    /// A Job with a builder's name exists but belongs to another object (for example the
-    /// predecessor of an object deleted and created again, not yet garbage-collected).
-    #[error("builder {0} exists but is not owned by this object; waiting for it to go away")]
-    BuilderNameTaken(String),
-}
-
-impl Error {
-    /// A short category for logs and metrics (bounded).
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kubernetes",
-            Error::Registry(_) => "registry",
-            Error::Source(_) => "source",
-            Error::MissingMetadata => "metadata",
-            Error::BuilderNameTaken(_) => "builder_name_taken",
-        }
-    }
-}
-
 fn backoff(ctx: &Context, obj: &MultiArchImage) -> Duration {
     let key = ObjectRef::from(obj);
     let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -118,7 +94,8 @@ fn error_policy(
     warn!(
         namespace = obj.metadata.namespace.as_deref().unwrap_or_default(),
         object = obj.metadata.name.as_deref().unwrap_or_default(),
-        category = error.category(),
+        category = error.category().as_str(),
+        transient = error.is_transient(),
         retry_in = ?delay,
         "reconcile failed: {error}"
     );
@@ -238,16 +215,13 @@ async fn run_controller(
     let wc = watcher::Config::default();
     let builders =
         watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={LABEL_MANAGED_BY_VALUE}"));
-    let namespaces = settings.namespaces.clone();
+    let objects: Api<MultiArchImage> = watched(&client, &settings.namespaces)?;
+    let jobs_api: Api<Job> = watched(&client, &settings.namespaces)?;
+    let pods_api: Api<Pod> = watched(&client, &settings.namespaces)?;
 
     let (job_store, job_writer) = reflector::store::<Job>();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let (object_store, object_writer) = reflector::store::<MultiArchImage>();
-    let (objects, jobs_api, pods_api): (Api<MultiArchImage>, Api<Job>, Api<Pod>) = match namespaces.as_slice() {
-        [ns] => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        [] => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-        _ => anyhow::bail!("watching several namespaces (not all) is not supported yet: give one namespace, or none for all"),
-    };
     metrics.watch_objects(object_store.clone());
     let queue = metrics.clone();
     let objects = reflector::reflector(object_writer, watcher(objects, wc))
@@ -277,39 +251,12 @@ async fn run_controller(
             }
         });
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "multiarch-operator".into(),
-            instance: Some(settings.instance.clone()),
-        },
-    );
     let concurrency = settings.concurrency;
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        settings,
-        jobs: job_store,
-        pods: pod_store,
-        recorder,
-        metrics,
-        failures: Mutex::new(HashMap::new()),
-    });
+    let ctx = context(client, settings, job_store, pod_store, metrics);
 
     info!("starting the MultiArchImage controller");
     let pod_owners = ctx.jobs.clone();
-    let (jobs_ready, pods_ready, objects_ready) =
-        (ctx.jobs.clone(), ctx.pods.clone(), object_store.clone());
-    tokio::spawn(async move {
-        // polled, not awaited: a store's readiness wakes only its latest waiter, and reconciles
-        // check it too
-        loop {
-            if ready_now(&jobs_ready) && ready_now(&pods_ready) && ready_now(&objects_ready) {
-                readiness.set(true);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    set_ready_once_synced(readiness, &ctx, object_store.clone());
     Controller::for_stream(objects, object_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns_stream(jobs)
@@ -324,6 +271,65 @@ async fn run_controller(
         .await;
     info!("controller stopped");
     Ok(())
+}
+
+/// The API of `K` in the watched namespace, or in all namespaces.
+fn watched<K>(client: &Client, namespaces: &[String]) -> anyhow::Result<Api<K>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespaces {
+        [ns] => Ok(Api::namespaced(client.clone(), ns)),
+        [] => Ok(Api::all(client.clone())),
+        _ => anyhow::bail!("watching several namespaces (not all) is not supported yet: give one namespace, or none for all"),
+    }
+}
+
+/// The reconcilers' shared state.
+fn context(
+    client: Client,
+    settings: Settings,
+    jobs: Store<Job>,
+    pods: Store<Pod>,
+    metrics: Metrics,
+) -> Arc<Context> {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "multiarch-operator".into(),
+            instance: Some(settings.instance.clone()),
+        },
+    );
+    Arc::new(Context {
+        client,
+        settings,
+        jobs,
+        pods,
+        recorder,
+        metrics,
+        failures: Mutex::new(HashMap::new()),
+    })
+}
+
+/// Sets `readiness` once every store has seen its first complete list.
+fn set_ready_once_synced(
+    readiness: crate::health::Readiness,
+    ctx: &Context,
+    objects: Store<MultiArchImage>,
+) {
+    let (jobs, pods) = (ctx.jobs.clone(), ctx.pods.clone());
+    tokio::spawn(async move {
+        // polled, not awaited: a store's readiness wakes only its latest waiter, and reconciles
+        // check it too
+        loop {
+            if ready_now(&jobs) && ready_now(&pods) && ready_now(&objects) {
+                readiness.set(true);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
 }
 
 /// The `MultiArchImage` owning a builder Job (its controller owner reference).

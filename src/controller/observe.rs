@@ -1,10 +1,12 @@
 //! Reading builders: a builder Job and its pods become a [`BuilderObservation`] for the planner.
 //! Pure functions of the Kubernetes objects (the registry check of a reported digest is done by
-//! the caller and passed in).
+//! the caller and passed in as a [`PushCheck`]).
+
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::batch::v1::{Job, JobCondition};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 
 use crate::api::Reason;
 use crate::builder::{
@@ -12,20 +14,37 @@ use crate::builder::{
 };
 use crate::plan::{BuilderObservation, BuilderState, Failure};
 
+/// Job conditions that say the Job succeeded.
+const COMPLETE: &[&str] = &["Complete", "SuccessCriteriaMet"];
+/// Job conditions that say the Job failed.
+const FAILED: &[&str] = &["Failed", "FailureTarget"];
+
+/// What the registry says about the digest a builder reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushCheck {
+    /// The registry has the image.
+    Pushed(String),
+    /// It does not (or the digest is unusable): why.
+    Missing(String),
+}
+
 fn label<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
     job.metadata.labels.as_ref()?.get(key).map(String::as_str)
 }
 
-fn job_condition<'a>(
-    job: &'a Job,
-    types: &[&str],
-) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
+/// The first condition of `job` among `types` that is true.
+fn job_condition<'a>(job: &'a Job, types: &[&str]) -> Option<&'a JobCondition> {
     job.status
         .as_ref()?
         .conditions
         .as_ref()?
         .iter()
         .find(|c| types.contains(&c.type_.as_str()) && c.status == "True")
+}
+
+/// True when the Job completed (its builder exited 0).
+pub fn is_complete(job: &Job) -> bool {
+    job_condition(job, COMPLETE).is_some()
 }
 
 /// The pods of `job`, newest first.
@@ -44,7 +63,7 @@ pub fn pods_of<'a>(job: &Job, pods: &'a [Pod]) -> Vec<&'a Pod> {
     mine
 }
 
-fn terminated(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStateTerminated> {
+fn terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
     pod.status
         .as_ref()?
         .container_statuses
@@ -72,16 +91,15 @@ pub fn termination_message(job: &Job, pods: &[Pod]) -> Option<String> {
     })
 }
 
-fn node_of(pod: Option<&&Pod>) -> Option<String> {
-    pod.and_then(|p| p.spec.as_ref()?.node_name.clone())
+fn node_of(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref()?.node_name.clone()
 }
 
 /// Parses `multiarch.dev/stopped: "<Reason>: <message>"`.
 fn stopped(job: &Job) -> Option<(Reason, String)> {
     let value = job.metadata.annotations.as_ref()?.get(ANNOTATION_STOPPED)?;
     let (reason, message) = value.split_once(": ")?;
-    let reason: Reason = serde_json::from_value(serde_json::Value::String(reason.into())).ok()?;
-    Some((reason, message.to_string()))
+    Some((Reason::parse(reason)?, message.to_string()))
 }
 
 /// The value of the `multiarch.dev/stopped` annotation.
@@ -89,126 +107,60 @@ pub fn stopped_annotation(reason: Reason, message: &str) -> String {
     format!("{}: {message}", reason.as_str())
 }
 
-/// Builds the observation of one builder Job. `registry_check` is the result of looking up the
+/// Builds the observation of one builder Job. `push_check` is the result of looking up the
 /// digest the builder reported (only consulted for a Job that completed).
 pub fn observe(
     job: &Job,
     pods: &[Pod],
-    registry_check: Option<Result<String, String>>,
+    push_check: Option<PushCheck>,
 ) -> Option<BuilderObservation> {
     let name = job.metadata.name.clone()?;
     let build_id = label(job, LABEL_BUILD)?.to_string();
     let platform = label(job, LABEL_PLATFORM)?.to_string();
     let attempt = label(job, LABEL_ATTEMPT)?.parse().ok()?;
-    let commit = job
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_COMMIT))
-        .cloned()
-        .unwrap_or_default();
     let created = job
         .metadata
         .creation_timestamp
         .as_ref()
         .map(|t| t.0)
         .unwrap_or(Timestamp::UNIX_EPOCH);
-    let mine = pods_of(job, pods);
-    let newest = mine.first();
-    let failed_pods = job.status.as_ref().and_then(|s| s.failed).unwrap_or(0);
     let stopped = stopped(job);
+    let (state, finished_at) = state(job, pods, push_check, stopped.is_some(), created);
+    Some(BuilderObservation {
+        name,
+        build_id,
+        platform,
+        attempt,
+        commit: commit(job),
+        created,
+        disruptions: disruptions(job, &state),
+        stopped,
+        finished_at,
+        state,
+        node_selector: node_selector(job),
+    })
+}
 
-    let complete = job_condition(job, &["Complete", "SuccessCriteriaMet"]);
-    let failed = job_condition(job, &["Failed", "FailureTarget"]);
-    let mut finished_at = None;
-    let state = if let Some(c) = complete {
-        finished_at = job
-            .status
-            .as_ref()
-            .and_then(|s| s.completion_time.as_ref())
-            .map(|t| t.0)
-            .or(c.last_transition_time.as_ref().map(|t| t.0));
-        let node = mine
-            .iter()
-            .find(|p| terminated(p).is_some_and(|t| t.exit_code == 0))
-            .and_then(|p| p.spec.as_ref()?.node_name.clone());
-        let result = match registry_check {
-            Some(r) => r,
-            None => match termination_message(job, pods).as_deref().and_then(reported_digest) {
-                Some(d) => Ok(d),
-                None => Err("the builder finished without reporting a digest (BuildKit's metadata file was not its termination message)".into()),
-            },
-        };
-        BuilderState::Succeeded { node, result }
-    } else if failed.is_some() || stopped.is_some() {
-        let c = failed;
-        finished_at = c
-            .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
-            .or(Some(created));
-        let exit = mine
-            .iter()
-            .find_map(|p| terminated(p).filter(|t| t.exit_code != 0));
-        let failure = match (exit, c.and_then(|c| c.reason.as_deref())) {
-            (Some(t), _) => Failure::Exited(t.exit_code),
-            (None, Some("DeadlineExceeded")) => Failure::Deadline,
-            (None, Some("BackoffLimitExceeded")) => Failure::Disruptions,
-            (None, _) => Failure::Exited(-1),
-        };
-        let message = match exit {
-            Some(t) => {
-                let text = t.message.clone().unwrap_or_default();
-                let reason = t.reason.clone().unwrap_or_default();
-                format!("exit code {} {reason}: {}", t.exit_code, text.trim())
-            }
-            None => c.and_then(|c| c.message.clone()).unwrap_or_default(),
-        };
-        BuilderState::Failed {
-            node: node_of(newest),
-            failure,
-            message,
-        }
-    } else {
-        match newest {
-            None => BuilderState::WaitingForNode {
-                since: created,
-                message: None,
-            },
-            Some(pod) => match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
-                None => {
-                    let scheduled = pod
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .and_then(|c| {
-                            c.iter()
-                                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-                        });
-                    BuilderState::WaitingForNode {
-                        since: pod
-                            .metadata
-                            .creation_timestamp
-                            .as_ref()
-                            .map(|t| t.0)
-                            .unwrap_or(created),
-                        message: scheduled.and_then(|c| c.message.clone()),
-                    }
-                }
-                Some(node) => {
-                    let started = pod
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.container_statuses.as_ref())
-                        .and_then(|c| c.iter().find(|c| c.name == CONTAINER))
-                        .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
-                        .map(|t| t.0);
-                    match started {
-                        Some(started) => BuilderState::Running { node, started },
-                        None => BuilderState::Starting { node },
-                    }
-                }
-            },
-        }
-    };
+fn commit(job: &Job) -> String {
+    job.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_COMMIT))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn node_selector(job: &Job) -> BTreeMap<String, String> {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.node_selector.clone())
+        .unwrap_or_default()
+}
+
+/// Pods lost to disruptions: the failed pods, but for the one whose build exited non-zero.
+fn disruptions(job: &Job, state: &BuilderState) -> i32 {
+    let failed_pods = job.status.as_ref().and_then(|s| s.failed).unwrap_or(0);
     let exited = matches!(
         state,
         BuilderState::Failed {
@@ -216,24 +168,121 @@ pub fn observe(
             ..
         }
     );
-    Some(BuilderObservation {
-        name,
-        build_id,
-        platform,
-        attempt,
-        commit,
-        created,
-        disruptions: failed_pods - i32::from(exited && failed_pods > 0),
-        stopped,
-        finished_at,
-        state,
-        node_selector: job
-            .spec
+    failed_pods - i32::from(exited && failed_pods > 0)
+}
+
+/// The builder's state and, once finished, when it finished.
+fn state(
+    job: &Job,
+    pods: &[Pod],
+    push_check: Option<PushCheck>,
+    stopped: bool,
+    created: Timestamp,
+) -> (BuilderState, Option<Timestamp>) {
+    let mine = pods_of(job, pods);
+    if let Some(complete) = job_condition(job, COMPLETE) {
+        return completed(job, complete, &mine, pods, push_check);
+    }
+    let failed = job_condition(job, FAILED);
+    if failed.is_some() || stopped {
+        let finished_at = failed
+            .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
+            .or(Some(created));
+        return (failed_state(failed, &mine), finished_at);
+    }
+    (active(mine.first().copied(), created), None)
+}
+
+/// A completed Job: built, if the registry has the digest it reported.
+fn completed(
+    job: &Job,
+    complete: &JobCondition,
+    mine: &[&Pod],
+    pods: &[Pod],
+    push_check: Option<PushCheck>,
+) -> (BuilderState, Option<Timestamp>) {
+    let finished_at = job
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .map(|t| t.0)
+        .or(complete.last_transition_time.as_ref().map(|t| t.0));
+    let node = mine
+        .iter()
+        .find(|p| terminated(p).is_some_and(|t| t.exit_code == 0))
+        .and_then(|p| node_of(p));
+    let result = match push_check {
+        Some(PushCheck::Pushed(digest)) => Ok(digest),
+        Some(PushCheck::Missing(why)) => Err(why),
+        None => match termination_message(job, pods).as_deref().and_then(reported_digest) {
+            Some(d) => Ok(d),
+            None => Err("the builder finished without reporting a digest (BuildKit's metadata file was not its termination message)".into()),
+        },
+    };
+    (BuilderState::Succeeded { node, result }, finished_at)
+}
+
+/// A failed (or stopped) Job: how it failed, with the exit code and the log tail when the build
+/// failed by itself.
+fn failed_state(failed: Option<&JobCondition>, mine: &[&Pod]) -> BuilderState {
+    let exit = mine
+        .iter()
+        .find_map(|p| terminated(p).filter(|t| t.exit_code != 0));
+    let failure = match (exit, failed.and_then(|c| c.reason.as_deref())) {
+        (Some(t), _) => Failure::Exited(t.exit_code),
+        (None, Some("DeadlineExceeded")) => Failure::Deadline,
+        (None, Some("BackoffLimitExceeded")) => Failure::Disruptions,
+        (None, _) => Failure::Exited(-1),
+    };
+    let message = match exit {
+        Some(t) => {
+            let text = t.message.clone().unwrap_or_default();
+            let reason = t.reason.clone().unwrap_or_default();
+            format!("exit code {} {reason}: {}", t.exit_code, text.trim())
+        }
+        None => failed.and_then(|c| c.message.clone()).unwrap_or_default(),
+    };
+    BuilderState::Failed {
+        node: mine.first().and_then(|p| node_of(p)),
+        failure,
+        message,
+    }
+}
+
+/// A Job still running: waiting for a node (with the scheduler's reason), starting, or running.
+fn active(newest: Option<&Pod>, created: Timestamp) -> BuilderState {
+    let Some(pod) = newest else {
+        return BuilderState::WaitingForNode {
+            since: created,
+            message: None,
+        };
+    };
+    let Some(node) = node_of(pod) else {
+        let unscheduled = pod
+            .status
             .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|s| s.node_selector.clone())
-            .unwrap_or_default(),
-    })
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            });
+        let since = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        return BuilderState::WaitingForNode {
+            since: since.unwrap_or(created),
+            message: unscheduled.and_then(|c| c.message.clone()),
+        };
+    };
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == CONTAINER))
+        .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+        .map(|t| t.0);
+    match started {
+        Some(started) => BuilderState::Running { node, started },
+        None => BuilderState::Starting { node },
+    }
 }
 
 #[cfg(test)]

@@ -3,50 +3,37 @@
 //! the object's `pushSecretRef` (a `kubernetes.io/dockerconfigjson` Secret).
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use tracing::info;
 
+use super::observe::PushCheck;
 use super::{Context, Error};
 use crate::api::{MultiArchImage, MultiArchImageStatus};
 use crate::plan::PublishOutcome;
 use crate::publish::credentials::DockerConfig;
 use crate::publish::registry::RegistryConfig;
-use crate::publish::{IndexFormat, Publisher, Source};
+use crate::publish::{IndexFormat, PublishPlan, Publisher, Source};
 use crate::reference::{Digest, Tag};
 use crate::validate::DesiredBuild;
 
-/// A publishing engine with the object's registry credentials. A missing or malformed push
-/// Secret is a refusal the user must fix, reported as `Err(Ok(message))`.
-async fn publisher(
-    ctx: &Context,
-    obj: &MultiArchImage,
-) -> Result<Result<Publisher, String>, Error> {
+/// Whether the object's registry credentials can be used.
+enum Credentials {
+    /// A publishing engine with them.
+    Ok(Publisher),
+    /// A missing or malformed push Secret: a refusal the user must fix, with the reason.
+    Refused(String),
+}
+
+/// A publishing engine with the object's registry credentials (`pushSecretRef`).
+async fn publisher(ctx: &Context, obj: &MultiArchImage) -> Result<Credentials, Error> {
     let credentials = match &obj.spec.push_secret_ref {
         None => DockerConfig::empty(),
         Some(r) => {
             let ns = obj.namespace().unwrap_or_default();
-            let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-                .get_opt(&r.name)
-                .await?;
-            let Some(secret) = secret else {
-                return Ok(Err(format!(
-                    "pushSecretRef: Secret {ns}/{} not found",
-                    r.name
-                )));
-            };
-            let Some(bytes) = secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(".dockerconfigjson"))
-            else {
-                return Ok(Err(format!(
-                    "pushSecretRef: Secret {ns}/{} has no .dockerconfigjson (it must be of type kubernetes.io/dockerconfigjson)",
-                    r.name
-                )));
-            };
-            match DockerConfig::from_bytes(&bytes.0) {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(format!("pushSecretRef: Secret {ns}/{}: {e}", r.name))),
+            let secret = super::gather::get_secret(ctx, &ns, &r.name).await?;
+            match docker_config(secret.as_ref(), &format!("{ns}/{}", r.name)) {
+                Ok(config) => config,
+                Err(why) => return Ok(Credentials::Refused(why)),
             }
         }
     };
@@ -56,42 +43,64 @@ async fn publisher(
         ca_file: ctx.settings.registry_ca_file.clone(),
         ..RegistryConfig::default()
     };
-    match Publisher::from_config(config, credentials) {
-        Ok(p) => Ok(Ok(p)),
-        Err(e) => Ok(Err(e.to_string())),
-    }
+    Ok(match Publisher::from_config(config, credentials) {
+        Ok(p) => Credentials::Ok(p),
+        Err(e) => Credentials::Refused(e.to_string()),
+    })
 }
 
-/// Checks that the registry has the manifest a builder reported: `Ok(Ok(digest))` when it does,
-/// `Ok(Err(why))` when it does not, `Err` when the registry cannot be asked now.
+/// The Docker config in the push Secret `name` (`namespace/name`), or why it cannot be used.
+fn docker_config(secret: Option<&Secret>, name: &str) -> Result<DockerConfig, String> {
+    let Some(secret) = secret else {
+        return Err(format!("pushSecretRef: Secret {name} not found"));
+    };
+    let Some(bytes) = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+    else {
+        return Err(format!(
+            "pushSecretRef: Secret {name} has no .dockerconfigjson (it must be of type kubernetes.io/dockerconfigjson)"
+        ));
+    };
+    DockerConfig::from_bytes(&bytes.0).map_err(|e| format!("pushSecretRef: Secret {name}: {e}"))
+}
+
+/// Checks that the registry has the manifest a builder reported; `Err` when the registry cannot
+/// be asked now.
 pub async fn verify_pushed(
     ctx: &Context,
     obj: &MultiArchImage,
     desired: &DesiredBuild,
     digest: &str,
-) -> Result<Result<String, String>, Error> {
+) -> Result<PushCheck, Error> {
     let parsed: Digest = match digest.parse() {
         Ok(d) => d,
-        Err(e) => return Ok(Err(format!("the builder reported an invalid digest: {e}"))),
+        Err(e) => {
+            let why = format!("the builder reported an invalid digest: {e}");
+            return Ok(PushCheck::Missing(why));
+        }
     };
     let publisher = match publisher(ctx, obj).await? {
-        Ok(p) => p,
-        Err(msg) => return Ok(Err(msg)),
+        Credentials::Ok(p) => p,
+        Credentials::Refused(why) => return Ok(PushCheck::Missing(why)),
     };
+    let repo = &desired.repository;
     match publisher
         .registry()
-        .manifest_digest_exists(&desired.repository, &parsed)
+        .manifest_digest_exists(repo, &parsed)
         .await
     {
-        Ok(true) => Ok(Ok(digest.to_string())),
-        Ok(false) => Ok(Err(format!(
-            "the builder reported {digest}, but {} has no such manifest",
-            desired.repository
+        Ok(true) => Ok(PushCheck::Pushed(digest.to_string())),
+        Ok(false) => Ok(PushCheck::Missing(format!(
+            "the builder reported {digest}, but {repo} has no such manifest"
         ))),
-        Err(e) if e.is_transient() => Err(Error::Registry(e.to_string())),
-        Err(e) => Ok(Err(format!(
-            "cannot check {digest} in {}: {e}",
-            desired.repository
+        Err(e) if e.is_transient() => Err(Error::CheckPushed {
+            digest: digest.to_string(),
+            message: e.to_string(),
+        }),
+        Err(e) => Ok(PushCheck::Missing(format!(
+            "cannot check {digest} in {repo}: {e}"
         ))),
     }
 }
@@ -107,28 +116,13 @@ pub async fn publish(
     status: &MultiArchImageStatus,
 ) -> Result<PublishOutcome, Error> {
     let publisher = match publisher(ctx, obj).await? {
-        Ok(p) => p,
-        Err(msg) => return Ok(PublishOutcome::Refused(msg)),
+        Credentials::Ok(p) => p,
+        Credentials::Refused(why) => return Ok(PublishOutcome::Refused(why)),
     };
-    let mut sources = Vec::with_capacity(desired.platforms.len());
-    for platform in &desired.platforms {
-        let digest = status
-            .platforms
-            .iter()
-            .find(|p| p.platform == platform.to_string())
-            .and_then(|p| p.digest.as_deref())
-            .and_then(|d| d.parse::<Digest>().ok());
-        let Some(digest) = digest else {
-            return Ok(PublishOutcome::Refused(format!(
-                "{platform} has no built image"
-            )));
-        };
-        sources.push(Source::new(
-            desired.repository.with_digest(digest),
-            Some(platform.clone()),
-        ));
-    }
-
+    let sources = match sources(desired, status) {
+        Ok(sources) => sources,
+        Err(why) => return Ok(PublishOutcome::Refused(why)),
+    };
     let plan = match publisher
         .prepare(&sources, &desired.repository, IndexFormat::Oci)
         .await
@@ -137,29 +131,15 @@ pub async fn publish(
         Err(e) if e.is_platform_mismatch() => {
             return Ok(PublishOutcome::PlatformMismatch(e.to_string()))
         }
-        Err(e) if e.is_transient() => return Err(Error::Registry(e.to_string())),
+        Err(e) if e.is_transient() => {
+            let message = e.to_string();
+            return Err(Error::VerifyImages { message });
+        }
         Err(e) => return Ok(PublishOutcome::Refused(e.to_string())),
     };
-
-    for (platform, tag) in desired.platforms.iter().zip(desired.platform_tag_names()) {
-        let Some(image) = plan.image_for(platform) else {
-            return Ok(PublishOutcome::Refused(format!(
-                "the verified images have no {platform} image"
-            )));
-        };
-        let tag: Tag = match tag.parse() {
-            Ok(t) => t,
-            Err(e) => return Ok(PublishOutcome::Refused(format!("per-platform tag: {e}"))),
-        };
-        if let Err(e) = publisher.tag_image(&plan, image, &tag).await {
-            return if e.is_transient() {
-                Err(Error::Registry(e.to_string()))
-            } else {
-                Ok(PublishOutcome::Refused(e.to_string()))
-            };
-        }
+    if let Some(refused) = tag_platforms(&publisher, &plan, desired).await? {
+        return Ok(refused);
     }
-
     match publisher.write(&plan, &desired.tags).await {
         Ok(digest) => {
             let image_ref = format!("{}@{digest}", desired.repository);
@@ -169,7 +149,80 @@ pub async fn publish(
                 image_ref,
             })
         }
-        Err(e) if e.is_transient() => Err(Error::Registry(e.to_string())),
+        Err(e) if e.is_transient() => Err(Error::PushIndex {
+            message: e.to_string(),
+        }),
         Err(e) => Ok(PublishOutcome::Refused(e.to_string())),
+    }
+}
+
+/// Each platform's built image, in the order of `spec.platforms`; `Err` names a platform that
+/// has none.
+fn sources(desired: &DesiredBuild, status: &MultiArchImageStatus) -> Result<Vec<Source>, String> {
+    desired
+        .platforms
+        .iter()
+        .map(|platform| {
+            let digest = status
+                .platforms
+                .iter()
+                .find(|p| p.platform == platform.to_string())
+                .and_then(|p| p.digest.as_deref())
+                .and_then(|d| d.parse::<Digest>().ok())
+                .ok_or_else(|| format!("{platform} has no built image"))?;
+            let image = desired.repository.with_digest(digest);
+            Ok(Source::new(image, Some(platform.clone())))
+        })
+        .collect()
+}
+
+/// Tags each verified platform image `<tags[0]>-<arch><variant>` (when `platformTags` is on);
+/// `Some` when the registry refuses.
+async fn tag_platforms(
+    publisher: &Publisher,
+    plan: &PublishPlan,
+    desired: &DesiredBuild,
+) -> Result<Option<PublishOutcome>, Error> {
+    for (platform, tag) in desired.platforms.iter().zip(desired.platform_tag_names()) {
+        let refused = |why: String| Ok(Some(PublishOutcome::Refused(why)));
+        let Some(image) = plan.image_for(platform) else {
+            return refused(format!("the verified images have no {platform} image"));
+        };
+        let tag: Tag = match tag.parse() {
+            Ok(t) => t,
+            Err(e) => return refused(format!("per-platform tag: {e}")),
+        };
+        match publisher.tag_image(plan, image, &tag).await {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {
+                let platform = platform.to_string();
+                let message = e.to_string();
+                return Err(Error::TagImage { platform, message });
+            }
+            Err(e) => return refused(e.to_string()),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::gather::tests::secret;
+
+    #[test]
+    fn a_push_secret_that_cannot_be_used_says_why() {
+        let missing = docker_config(None, "ns/regcred").unwrap_err();
+        assert_eq!(missing, "pushSecretRef: Secret ns/regcred not found");
+        let opaque = docker_config(
+            Some(&secret(serde_json::json!({"token": "eA=="}))),
+            "ns/regcred",
+        );
+        assert!(opaque
+            .unwrap_err()
+            .contains("kubernetes.io/dockerconfigjson"));
+        // {"auths": {}}
+        let empty = secret(serde_json::json!({".dockerconfigjson": "eyJhdXRocyI6IHt9fQ=="}));
+        assert!(docker_config(Some(&empty), "ns/regcred").is_ok());
     }
 }

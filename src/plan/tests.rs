@@ -1,20 +1,24 @@
 //! Table-driven tests of the planner: every transition of the state machine.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
 use super::*;
+use crate::api::{BuildStatus, PlatformPhase, SourceStatus};
+use crate::builder::platform_label;
 use crate::config::BuilderDefaults;
 use crate::validate::{tests::object, validate};
 
-const COMMIT: &str = "4f1a528c0ffee0000000000000000000000000ab";
+pub(super) const COMMIT: &str = "4f1a528c0ffee0000000000000000000000000ab";
 
-fn t(secs: i64) -> Timestamp {
+pub(super) fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
 }
 
-fn desired(spec: serde_json::Value) -> DesiredBuild {
+pub(super) fn desired(spec: serde_json::Value) -> DesiredBuild {
     validate(&object(spec), &BuilderDefaults::default()).unwrap()
 }
 
-fn builder(
+pub(super) fn builder(
     d: &DesiredBuild,
     platform: &str,
     attempt: u32,
@@ -43,21 +47,21 @@ fn builder(
     }
 }
 
-fn running(node: &str) -> BuilderState {
+pub(super) fn running(node: &str) -> BuilderState {
     BuilderState::Running {
         node: node.into(),
         started: t(10),
     }
 }
 
-fn built(digest: &str) -> BuilderState {
+pub(super) fn built(digest: &str) -> BuilderState {
     BuilderState::Succeeded {
         node: Some("n1".into()),
         result: Ok(digest.into()),
     }
 }
 
-fn exited(code: i32, msg: &str) -> BuilderState {
+pub(super) fn exited(code: i32, msg: &str) -> BuilderState {
     BuilderState::Failed {
         node: Some("n1".into()),
         failure: Failure::Exited(code),
@@ -66,7 +70,7 @@ fn exited(code: i32, msg: &str) -> BuilderState {
 }
 
 /// A status of the current build, as a previous reconcile would have written it.
-fn started(d: &DesiredBuild) -> MultiArchImageStatus {
+pub(super) fn started(d: &DesiredBuild) -> MultiArchImageStatus {
     MultiArchImageStatus {
         observed_generation: Some(1),
         build: Some(BuildStatus {
@@ -82,6 +86,39 @@ fn started(d: &DesiredBuild) -> MultiArchImageStatus {
     }
 }
 
+/// A platform's status before its first builder.
+pub(super) fn platform_status(platform: &str) -> PlatformStatus {
+    PlatformStatus {
+        platform: platform.into(),
+        phase: PlatformPhase::Pending,
+        builder: None,
+        node: None,
+        attempts: 0,
+        disruptions: 0,
+        digest: None,
+        waiting_since: None,
+        reason: None,
+        message: None,
+    }
+}
+
+/// What a reconcile of generation 1 observes, with a one-hour builder time-to-live.
+pub(super) fn observed<'a>(
+    status: &'a MultiArchImageStatus,
+    builders: &'a [BuilderObservation],
+    source: Option<SourceResolution>,
+) -> Observed<'a> {
+    Observed {
+        generation: Some(1),
+        status,
+        builders,
+        source,
+        revision: "main",
+        finished_ttl: Duration::from_secs(3600),
+        source_retry: Duration::from_secs(60),
+    }
+}
+
 fn run(
     d: &DesiredBuild,
     status: &MultiArchImageStatus,
@@ -89,19 +126,7 @@ fn run(
     source: Option<SourceResolution>,
     now: Timestamp,
 ) -> Plan {
-    plan(
-        d,
-        &Observed {
-            generation: Some(1),
-            status,
-            builders,
-            source,
-            revision: "main",
-            finished_ttl: Duration::from_secs(3600),
-            source_retry: Duration::from_secs(60),
-        },
-        now,
-    )
+    plan(d, &observed(status, builders, source), now)
 }
 
 /// The status after every platform was built and a publish ended with `outcome`.
@@ -538,16 +563,10 @@ fn builder_rejected_at_admission_is_not_recreated() {
     let mut status = started(&d);
     status.phase = Some(Phase::Failed);
     status.platforms = vec![PlatformStatus {
-        platform: "linux/amd64".into(),
         phase: PlatformPhase::Failed,
-        builder: None,
-        node: None,
-        attempts: 0,
-        disruptions: 0,
-        digest: None,
-        waiting_since: None,
         reason: Some(Reason::BuilderRejected),
         message: Some("violates PodSecurity \"baseline:latest\"".into()),
+        ..platform_status("linux/amd64")
     }];
     let p = run(&d, &status, &[], None, t(10));
     assert!(creates(&p).is_empty(), "{:?}", p.actions);

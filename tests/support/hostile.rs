@@ -242,8 +242,10 @@ async fn answer_with(stream: &mut TcpStream, method: &str, answer: Answer) -> st
                 b"\r\n".to_vec(),
             ]
             .concat();
-            while with_body {
-                stream.write_all(&chunk).await?;
+            if with_body {
+                loop {
+                    stream.write_all(&chunk).await?;
+                }
             }
         }
         Answer::Huge {

@@ -1,0 +1,365 @@
+//! The execute step of a reconcile: one function per planned action (create, stop or delete a
+//! builder Job; publish), each folding what it learned into the status to report.
+
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::{Api, ResourceExt};
+use tracing::{info, warn};
+
+use super::gather::owned_by;
+use super::observe::stopped_annotation;
+use super::reconcile::write_status;
+use super::{publishing, Context, Error, FIELD_MANAGER};
+use crate::api::{MultiArchImage, MultiArchImageStatus, Reason};
+use crate::builder::{render_job, BuilderInput, ANNOTATION_PLATFORM, ANNOTATION_STOPPED};
+use crate::plan::{record_publish, record_rejected_builder, Action, Plan, PlannedEvent};
+use crate::platform::Platform;
+use crate::validate::DesiredBuild;
+
+/// What creating a builder came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Admission {
+    /// Created now.
+    Admitted,
+    /// This builder existed already (created by an earlier reconcile).
+    AlreadyExists,
+    /// Refused by admission (Pod Security, a policy, validation), with the apiserver's message:
+    /// the builder cannot be created as rendered.
+    Rejected(String),
+    /// A Job of the builder's name belongs to another object: try again once it is gone.
+    RetryLater { name: String },
+}
+
+/// Why the apiserver refused to create an object.
+enum Refusal {
+    AlreadyExists,
+    /// Admission or validation refused it, with the apiserver's message.
+    Rejected(String),
+}
+
+/// Classifies a failed create: a conflict, or a refusal by admission or validation (a 403 that
+/// is not RBAC's "cannot create resource", or a 422). `None` for anything else.
+fn refusal(e: &kube::Error) -> Option<Refusal> {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => Some(Refusal::AlreadyExists),
+        kube::Error::Api(s)
+            if (s.code == 403 && !s.message.contains("cannot create resource"))
+                || s.code == 422 =>
+        {
+            Some(Refusal::Rejected(s.message.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// The status and Events after acting on a plan.
+pub(super) struct Executed {
+    pub status: MultiArchImageStatus,
+    pub events: Vec<PlannedEvent>,
+}
+
+/// Acts on every planned action in order.
+pub(super) async fn execute(
+    ctx: &Context,
+    obj: &MultiArchImage,
+    desired: &DesiredBuild,
+    prev: &MultiArchImageStatus,
+    plan: &Plan,
+    now: Timestamp,
+) -> Result<Executed, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let mut done = Executed {
+        status: plan.status.clone(),
+        events: plan.events.clone(),
+    };
+    let mut created = false;
+    for action in &plan.actions {
+        match action {
+            Action::CreateBuilder {
+                platform,
+                attempt,
+                commit,
+            } => {
+                let job = render_job(&BuilderInput {
+                    object: obj,
+                    desired,
+                    platform,
+                    commit,
+                    attempt: *attempt,
+                    defaults: &ctx.settings.defaults,
+                });
+                let admission = create_builder(ctx, &ns, &job).await?;
+                created |= record_admission(&mut done, platform, &job, admission, now)?;
+            }
+            Action::StopBuilder {
+                name,
+                reason,
+                message,
+            } => stop_builder(ctx, &ns, name, *reason, message).await?,
+            Action::DeleteBuilder { name } => delete_builder(ctx, &ns, name).await?,
+            Action::Publish => publish(ctx, obj, desired, prev, &mut done).await?,
+        }
+    }
+    if created {
+        crate::failpoint::hit(crate::failpoint::AFTER_BUILDERS_CREATED);
+    }
+    Ok(done)
+}
+
+/// Records a builder's admission in the status; true when the builder exists now.
+fn record_admission(
+    done: &mut Executed,
+    platform: &Platform,
+    job: &Job,
+    admission: Admission,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    match admission {
+        Admission::Admitted | Admission::AlreadyExists => {
+            let recorded = done
+                .status
+                .platforms
+                .iter_mut()
+                .find(|p| p.platform == platform.to_string());
+            Ok(recorded
+                .map(|p| p.builder = job.metadata.name.clone())
+                .is_some())
+        }
+        Admission::Rejected(message) => {
+            warn!(platform = %platform, "builder rejected: {message}");
+            let events = record_rejected_builder(&mut done.status, platform, &message, now);
+            done.events.extend(events);
+            Ok(false)
+        }
+        // the name frees up when the garbage collector removes the other object's Job
+        Admission::RetryLater { name } => Err(Error::BuilderNameTaken(name)),
+    }
+}
+
+/// Creates a builder Job. First its pod is created with `dryRun`, so that Pod Security
+/// admission (or any policy) that would refuse the Job's pods answers now, with its message,
+/// instead of leaving the Job without pods.
+async fn create_builder(ctx: &Context, ns: &str, job: &Job) -> Result<Admission, Error> {
+    let name = job.name_any();
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), ns);
+    if let Some(existing) = get_job(&jobs, &name).await? {
+        return Ok(adopt(job, &existing));
+    }
+    if let Some(message) = dry_run_pod(ctx, ns, job).await? {
+        return Ok(Admission::Rejected(message));
+    }
+    let pp = PostParams {
+        dry_run: false,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    let source = match jobs.create(&pp, job).await {
+        Ok(_) => {
+            let platform = job.annotations().get(ANNOTATION_PLATFORM);
+            let platform = platform.map(String::as_str).unwrap_or_default();
+            info!(platform, builder = name, "created builder");
+            return Ok(Admission::Admitted);
+        }
+        Err(source) => source,
+    };
+    match refusal(&source) {
+        Some(Refusal::AlreadyExists) => match get_job(&jobs, &name).await? {
+            Some(existing) => Ok(adopt(job, &existing)),
+            None => Ok(Admission::RetryLater { name }),
+        },
+        Some(Refusal::Rejected(message)) => Ok(Admission::Rejected(message)),
+        None => Err(Error::CreateJob { name, source }),
+    }
+}
+
+async fn get_job(jobs: &Api<Job>, name: &str) -> Result<Option<Job>, Error> {
+    jobs.get_opt(name).await.map_err(|source| Error::GetJob {
+        name: name.to_string(),
+        source,
+    })
+}
+
+/// Asks admission about the builder's pod with a dry-run create; `Some(message)` when refused.
+async fn dry_run_pod(ctx: &Context, ns: &str, job: &Job) -> Result<Option<String>, Error> {
+    let name = job.name_any();
+    let template = job
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let meta = template.metadata.unwrap_or_default();
+    let pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!(
+                "{}-admission",
+                name.chars().take(53).collect::<String>()
+            )),
+            namespace: Some(ns.to_string()),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    };
+    let dry = PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    let Err(source) = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .create(&dry, &pod)
+        .await
+    else {
+        return Ok(None);
+    };
+    match (refusal(&source), &source) {
+        (Some(Refusal::Rejected(message)), _) => Ok(Some(message)),
+        // a pod the apiserver cannot take as sent is refused too
+        (_, kube::Error::Api(s)) if s.code == 400 => Ok(Some(s.message.clone())),
+        _ => Err(Error::DryRunPod { name, source }),
+    }
+}
+
+/// An existing Job of a builder's name is this builder only when its owner reference carries
+/// the same object uid as the Job we would create; otherwise the name is taken.
+fn adopt(wanted: &Job, existing: &Job) -> Admission {
+    let owner = wanted
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|refs| refs.first())
+        .map(|r| r.uid.as_str())
+        .unwrap_or_default();
+    if !owner.is_empty() && owned_by(&existing.metadata, owner) {
+        Admission::AlreadyExists
+    } else {
+        Admission::RetryLater {
+            name: existing.name_any(),
+        }
+    }
+}
+
+/// Suspends a builder Job and records on it why it was stopped.
+async fn stop_builder(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    reason: Reason,
+    message: &str,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {ANNOTATION_STOPPED: stopped_annotation(reason, message)}},
+        "spec": {"suspend": true},
+    });
+    Api::<Job>::namespaced(ctx.client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::StopJob {
+            name: name.to_string(),
+            source,
+        })?;
+    info!(
+        builder = name,
+        reason = reason.as_str(),
+        "stopped builder: {message}"
+    );
+    Ok(())
+}
+
+/// Deletes a builder Job (and its pods); one already gone is fine.
+async fn delete_builder(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    match Api::<Job>::namespaced(ctx.client.clone(), ns)
+        .delete(name, &dp)
+        .await
+    {
+        Ok(_) => info!(builder = name, "deleted builder"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(source) => {
+            let name = name.to_string();
+            return Err(Error::DeleteJob { name, source });
+        }
+    }
+    Ok(())
+}
+
+/// Publishes the index. The status says `Publishing` before anything is written to the
+/// registry.
+async fn publish(
+    ctx: &Context,
+    obj: &MultiArchImage,
+    desired: &DesiredBuild,
+    prev: &MultiArchImageStatus,
+    done: &mut Executed,
+) -> Result<(), Error> {
+    write_status(ctx, obj, prev, &done.status).await?;
+    let started = std::time::Instant::now();
+    let outcome = publishing::publish(ctx, obj, desired, &done.status).await?;
+    crate::failpoint::hit(crate::failpoint::AFTER_INDEX_PUSHED);
+    ctx.metrics.published(outcome.result(), started.elapsed());
+    let events = record_publish(&mut done.status, desired, &outcome, Timestamp::now());
+    done.events.extend(events);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, "r")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    fn job(name: &str, owner_uid: Option<&str>) -> Job {
+        let owners = owner_uid.map(|uid| {
+            serde_json::json!([{"apiVersion": "multiarch.dev/v1alpha1", "kind": "MultiArchImage", "name": "o", "uid": uid}])
+        });
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "ownerReferences": owners},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn admission_refusals_are_told_apart_from_rbac_and_outages() {
+        let rejected = |e: &kube::Error| match refusal(e) {
+            Some(Refusal::Rejected(m)) => Some(m),
+            _ => None,
+        };
+        let pss = "pods \"b\" is forbidden: violates PodSecurity \"baseline:latest\"";
+        assert_eq!(rejected(&api(403, pss)).as_deref(), Some(pss));
+        assert!(rejected(&api(422, "invalid")).is_some());
+        let rbac = "jobs.batch is forbidden: User \"x\" cannot create resource \"jobs\"";
+        assert!(refusal(&api(403, rbac)).is_none());
+        assert!(refusal(&api(500, "etcd")).is_none());
+        assert!(matches!(
+            refusal(&api(409, "exists")),
+            Some(Refusal::AlreadyExists)
+        ));
+    }
+
+    #[test]
+    fn an_existing_job_is_adopted_only_with_the_same_owner() {
+        let wanted = job("b-1", Some("uid-1"));
+        assert_eq!(
+            adopt(&wanted, &job("b-1", Some("uid-1"))),
+            Admission::AlreadyExists
+        );
+        assert_eq!(
+            adopt(&wanted, &job("b-1", Some("uid-0"))),
+            Admission::RetryLater { name: "b-1".into() }
+        );
+        assert_eq!(
+            adopt(&job("b-1", None), &job("b-1", None)),
+            Admission::RetryLater { name: "b-1".into() }
+        );
+    }
+}

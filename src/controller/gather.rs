@@ -1,0 +1,264 @@
+//! The observe step of a reconcile: what the planner reads, gathered from the reflector stores
+//! (the object's builder Jobs and Pods), the registry (is a finished builder's image there) and
+//! the git server (the commit of a new build).
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::ObjectMeta;
+use kube::{Api, ResourceExt};
+use tracing::info;
+
+use super::observe::{is_complete, observe, reported_digest, termination_message, PushCheck};
+use super::{publishing, Context, Error};
+use crate::api::{MultiArchImage, MultiArchImageStatus, PlatformPhase};
+use crate::builder::{platform_label, LABEL_BUILD, LABEL_IMAGE, LABEL_PLATFORM};
+use crate::git::{self, GitCredentials, GitError};
+use crate::plan::{needs_source, same_build, BuilderObservation, SourceResolution};
+use crate::validate::DesiredBuild;
+
+/// What the cluster and the source show for one object.
+pub(super) enum Observation {
+    /// The builders, and the commit of a new build when one starts.
+    Seen {
+        builders: Vec<BuilderObservation>,
+        source: Option<SourceResolution>,
+    },
+    /// The stores have not seen their first complete list yet: an empty store right after a
+    /// restart is not "no builders".
+    CachesNotReady,
+}
+
+/// Observes the object's builders (checking a finished builder's image in the registry) and,
+/// when a new build starts, resolves its source.
+pub(super) async fn observe_object(
+    ctx: &Context,
+    obj: &MultiArchImage,
+    desired: &DesiredBuild,
+    prev: &MultiArchImageStatus,
+) -> Result<Observation, Error> {
+    // checked without waiting: blocking here would hold a reconcile slot the stores need
+    if !super::ready_now(&ctx.jobs) || !super::ready_now(&ctx.pods) {
+        return Ok(Observation::CachesNotReady);
+    }
+    let uid = obj.metadata.uid.as_deref().ok_or(Error::MissingMetadata)?;
+    let (jobs, pods) = builders_of(ctx, obj, uid);
+    let mut builders = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        let check = push_check(ctx, obj, desired, prev, job, &pods).await?;
+        builders.extend(observe(job, &pods, check));
+    }
+    let source = if needs_source(desired, prev, &builders) {
+        Some(resolve_source(ctx, obj).await?)
+    } else {
+        None
+    };
+    Ok(Observation::Seen { builders, source })
+}
+
+/// The builder Jobs and Pods of one object, from the reflector stores: Jobs whose owner
+/// reference carries the object's uid (a Job left by an earlier object of the same name is not
+/// adopted), and the Pods of those Jobs.
+fn builders_of(ctx: &Context, obj: &MultiArchImage, uid: &str) -> (Vec<Job>, Vec<Pod>) {
+    let ns = obj.namespace();
+    let selector = crate::builder::object_selector(&obj.name_any());
+    let wanted = selector.get(LABEL_IMAGE).cloned().unwrap_or_default();
+    let labelled = |meta: &ObjectMeta| {
+        meta.namespace == ns
+            && meta.labels.as_ref().and_then(|l| l.get(LABEL_IMAGE)) == Some(&wanted)
+    };
+    let jobs: Vec<Job> = ctx
+        .jobs
+        .state()
+        .iter()
+        .filter(|j| labelled(&j.metadata) && owned_by(&j.metadata, uid))
+        .map(|j| (**j).clone())
+        .collect();
+    let job_uids: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.metadata.uid.as_deref())
+        .collect();
+    let pods = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| labelled(&p.metadata) && job_uids.iter().any(|job| owned_by(&p.metadata, job)))
+        .map(|p| (**p).clone())
+        .collect();
+    (jobs, pods)
+}
+
+/// Whether an owner reference of `meta` carries `uid`.
+pub(super) fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .as_ref()
+        .is_some_and(|refs| refs.iter().any(|r| r.uid == uid))
+}
+
+/// For a builder of the current build that completed: whether the registry has the digest it
+/// reported. Checked once: a platform already `Built` with that digest is not checked again.
+async fn push_check(
+    ctx: &Context,
+    obj: &MultiArchImage,
+    desired: &DesiredBuild,
+    prev: &MultiArchImageStatus,
+    job: &Job,
+    pods: &[Pod],
+) -> Result<Option<PushCheck>, Error> {
+    if !is_complete(job) || job.labels().get(LABEL_BUILD) != Some(&desired.build_id) {
+        return Ok(None);
+    }
+    let same = same_build(prev, &desired.build_id);
+    // a platform recorded Built by this very builder keeps its verified digest
+    if let Some(digest) = recorded_digest(prev, job).filter(|_| same) {
+        return Ok(Some(PushCheck::Pushed(digest)));
+    }
+    let Some(digest) = termination_message(job, pods)
+        .as_deref()
+        .and_then(reported_digest)
+    else {
+        return Ok(None);
+    };
+    if same && already_built(prev, job, &digest) {
+        return Ok(Some(PushCheck::Pushed(digest)));
+    }
+    publishing::verify_pushed(ctx, obj, desired, &digest)
+        .await
+        .map(Some)
+}
+
+/// The digest of the platform recorded `Built` by `job`.
+fn recorded_digest(prev: &MultiArchImageStatus, job: &Job) -> Option<String> {
+    prev.platforms
+        .iter()
+        .find(|p| {
+            p.phase == PlatformPhase::Built && p.builder.as_deref() == job.metadata.name.as_deref()
+        })
+        .and_then(|p| p.digest.clone())
+}
+
+/// True when `job`'s platform is recorded `Built` with `digest`.
+fn already_built(prev: &MultiArchImageStatus, job: &Job, digest: &str) -> bool {
+    let platform = job
+        .labels()
+        .get(LABEL_PLATFORM)
+        .cloned()
+        .unwrap_or_default();
+    prev.platforms.iter().any(|p| {
+        p.phase == PlatformPhase::Built
+            && p.digest.as_deref() == Some(digest)
+            && p.platform.parse().map(|q| platform_label(&q)) == Ok(platform.clone())
+    })
+}
+
+/// Reads a Secret; `None` when it does not exist.
+pub(super) async fn get_secret(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Secret>, Error> {
+    Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::GetSecret {
+            name: format!("{ns}/{name}"),
+            source,
+        })
+}
+
+/// Resolves the revision; a network failure is an error (retried with backoff), a missing
+/// revision, denied access or a missing Secret becomes `SourceUnavailable`.
+async fn resolve_source(ctx: &Context, obj: &MultiArchImage) -> Result<SourceResolution, Error> {
+    let git = &obj.spec.source.git;
+    let credentials = match &git.secret_ref {
+        None => None,
+        Some(r) => {
+            let ns = obj.namespace().unwrap_or_default();
+            let Some(secret) = get_secret(ctx, &ns, &r.name).await? else {
+                let why = format!("source.git.secretRef: Secret {ns}/{} not found", r.name);
+                return Ok(SourceResolution::Unavailable(why));
+            };
+            Some(git_credentials(&secret))
+        }
+    };
+    match git::resolve(&git.url, &git.revision, credentials.as_ref()).await {
+        Ok(commit) => {
+            info!(revision = git.revision, commit, "resolved source");
+            Ok(SourceResolution::Resolved(commit))
+        }
+        Err(GitError::Unavailable(msg)) => Ok(SourceResolution::Unavailable(msg)),
+        Err(e @ GitError::Transient(_)) => Err(Error::ResolveSource {
+            url: git.url.clone(),
+            revision: git.revision.clone(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Git credentials from a Secret: a `token` (with an optional `username`), or a `username` and
+/// `password`.
+fn git_credentials(secret: &Secret) -> GitCredentials {
+    let get = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+    };
+    match get("token") {
+        Some(token) => GitCredentials {
+            username: get("username").unwrap_or_else(|| "x-access-token".into()),
+            password: token,
+        },
+        None => GitCredentials {
+            username: get("username").unwrap_or_default(),
+            password: get("password").unwrap_or_default(),
+        },
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A Secret with `data` (values base64).
+    pub(in crate::controller) fn secret(data: serde_json::Value) -> Secret {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "git"}, "data": data}))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_git_token_goes_with_the_usual_token_user_unless_one_is_given() {
+        // "t0k\n" and "bot"
+        let token = git_credentials(&secret(serde_json::json!({"token": "dDBrCg=="})));
+        assert_eq!(
+            (token.username.as_str(), token.password.as_str()),
+            ("x-access-token", "t0k")
+        );
+        let named = secret(serde_json::json!({"token": "dDBrCg==", "username": "Ym90"}));
+        assert_eq!(git_credentials(&named).username, "bot");
+        let basic = secret(serde_json::json!({"username": "Ym90", "password": "dDBrCg=="}));
+        let basic = git_credentials(&basic);
+        assert_eq!(
+            (basic.username.as_str(), basic.password.as_str()),
+            ("bot", "t0k")
+        );
+    }
+
+    #[test]
+    fn a_digest_is_trusted_again_only_for_the_platform_that_recorded_it() {
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "app-1a2b3c4d-linux-arm64-1", "labels": {"multiarch.dev/platform": "linux-arm64"}},
+        }))
+        .unwrap();
+        let status: MultiArchImageStatus = serde_json::from_value(serde_json::json!({
+            "platforms": [
+                {"platform": "linux/amd64", "phase": "Built", "digest": "sha256:aa", "builder": "app-1a2b3c4d-linux-amd64-1", "attempts": 0},
+                {"platform": "linux/arm64", "phase": "Built", "digest": "sha256:bb", "builder": "app-1a2b3c4d-linux-arm64-1", "attempts": 0},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(recorded_digest(&status, &job).as_deref(), Some("sha256:bb"));
+        assert!(already_built(&status, &job, "sha256:bb"));
+        assert!(!already_built(&status, &job, "sha256:aa"));
+    }
+}

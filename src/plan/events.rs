@@ -1,0 +1,124 @@
+//! Events on transitions: one for each platform whose phase or reason changed, and one when the
+//! object reaches `Succeeded` or `Failed`. Never one per loop.
+
+use super::PlannedEvent;
+use crate::api::{MultiArchImageStatus, Phase, PlatformPhase, PlatformStatus, Reason};
+
+/// Events for the transitions between two statuses: the object's phase and each platform's.
+pub fn events_between(
+    prev: &MultiArchImageStatus,
+    next: &MultiArchImageStatus,
+) -> Vec<PlannedEvent> {
+    let mut events: Vec<PlannedEvent> = next
+        .platforms
+        .iter()
+        .filter(|p| {
+            let before = prev.platforms.iter().find(|q| q.platform == p.platform);
+            before.map(|b| (b.phase, b.reason)) != Some((p.phase, p.reason))
+        })
+        .filter_map(platform_event)
+        .collect();
+    events.extend(object_event(prev, next));
+    events
+}
+
+/// The Event of a platform that reached its phase (or reason) now.
+fn platform_event(p: &PlatformStatus) -> Option<PlannedEvent> {
+    let text = |field: &Option<String>| field.clone().unwrap_or_default();
+    let (warning, reason, note) = match (p.phase, p.reason) {
+        (PlatformPhase::Failed, r) => (
+            true,
+            r.unwrap_or(Reason::BuildFailed),
+            format!("{} failed: {}", p.platform, text(&p.message)),
+        ),
+        (PlatformPhase::Built, _) => (
+            false,
+            Reason::Building,
+            format!("{} built: {}", p.platform, text(&p.digest)),
+        ),
+        (_, Some(Reason::WaitingForNode)) => (
+            false,
+            Reason::WaitingForNode,
+            format!("{} waits for a node: {}", p.platform, text(&p.message)),
+        ),
+        (PlatformPhase::Building, _) => (
+            false,
+            Reason::Building,
+            format!("{} building on {}", p.platform, text(&p.node)),
+        ),
+        _ => return None,
+    };
+    Some(PlannedEvent {
+        warning,
+        reason,
+        note,
+    })
+}
+
+/// The Event of an object that reached `Succeeded` or `Failed` now, with its `Ready` reason.
+fn object_event(prev: &MultiArchImageStatus, next: &MultiArchImageStatus) -> Option<PlannedEvent> {
+    if prev.phase == next.phase || !matches!(next.phase, Some(Phase::Succeeded | Phase::Failed)) {
+        return None;
+    }
+    let ready = next.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some(PlannedEvent {
+        warning: next.phase == Some(Phase::Failed),
+        reason: Reason::parse(&ready.reason).unwrap_or(Reason::Building),
+        note: ready.message.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::platform_status;
+
+    fn status(phase: PlatformPhase, reason: Option<Reason>) -> MultiArchImageStatus {
+        MultiArchImageStatus {
+            platforms: vec![PlatformStatus {
+                phase,
+                reason,
+                node: Some("n1".into()),
+                ..platform_status("linux/arm64")
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_platform_transition_has_one_event_and_repeats_have_none() {
+        let cases = [
+            (
+                PlatformPhase::Building,
+                Some(Reason::Building),
+                false,
+                "linux/arm64 building on n1",
+            ),
+            (
+                PlatformPhase::Pending,
+                Some(Reason::WaitingForNode),
+                false,
+                "linux/arm64 waits for a node: ",
+            ),
+            (
+                PlatformPhase::Failed,
+                Some(Reason::BuildTimeout),
+                true,
+                "linux/arm64 failed: ",
+            ),
+            (PlatformPhase::Built, None, false, "linux/arm64 built: "),
+        ];
+        let before = status(PlatformPhase::Pending, None);
+        for (phase, reason, warning, note) in cases {
+            let after = status(phase, reason);
+            let events = events_between(&before, &after);
+            assert_eq!(events.len(), 1, "{phase:?}");
+            assert_eq!(
+                (events[0].warning, events[0].note.as_str()),
+                (warning, note)
+            );
+            assert!(events_between(&after, &after).is_empty());
+        }
+        assert!(events_between(&before, &before).is_empty());
+    }
+}

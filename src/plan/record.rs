@@ -1,0 +1,169 @@
+//! Statuses that do not come from [`plan`](super::plan): an invalid spec, and what the controller
+//! learned while acting on a plan (a builder refused at admission, a publish outcome).
+
+use jiff::Timestamp;
+
+use super::{events_between, truncate_tail, Conditions, PlannedEvent, Verdict, MAX_MESSAGE_LEN};
+use crate::api::{MultiArchImageStatus, Phase, PlatformPhase, Reason};
+use crate::platform::Platform;
+use crate::validate::DesiredBuild;
+
+/// The status of an object whose spec cannot succeed: `Failed`, `Stalled` with `InvalidSpec`.
+pub fn invalid_spec_status(
+    prev: &MultiArchImageStatus,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> MultiArchImageStatus {
+    let mut status = prev.clone();
+    status.observed_generation = generation;
+    let verdict = Verdict::new(Phase::Failed, Reason::InvalidSpec, message);
+    Conditions::new(prev, now, generation).apply(&mut status, &verdict);
+    status
+}
+
+/// Marks a platform whose builder was refused at admission (`BuilderRejected`), which fails the
+/// object: the builder is not created again for this build.
+pub fn record_rejected_builder(
+    status: &mut MultiArchImageStatus,
+    platform: &Platform,
+    message: &str,
+    now: Timestamp,
+) -> Vec<PlannedEvent> {
+    let text = truncate_tail(message, MAX_MESSAGE_LEN);
+    transition(status, now, |status| {
+        if let Some(p) = status
+            .platforms
+            .iter_mut()
+            .find(|p| p.platform == platform.to_string())
+        {
+            p.phase = PlatformPhase::Failed;
+            p.reason = Some(Reason::BuilderRejected);
+            p.message = Some(text.clone());
+            p.builder = None;
+        }
+        let msg = format!("{platform}: the builder was rejected: {text}");
+        Verdict::new(Phase::Failed, Reason::BuilderRejected, msg)
+    })
+}
+
+/// Changes `status` with `change`, which says the verdict, and returns the Events of the change.
+fn transition(
+    status: &mut MultiArchImageStatus,
+    now: Timestamp,
+    change: impl FnOnce(&mut MultiArchImageStatus) -> Verdict,
+) -> Vec<PlannedEvent> {
+    let prev = status.clone();
+    let verdict = change(status);
+    Conditions::new(&prev, now, status.observed_generation).apply(status, &verdict);
+    events_between(&prev, status)
+}
+
+/// What a publish attempt ended with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PublishOutcome {
+    Published {
+        digest: String,
+        image_ref: String,
+    },
+    /// An image's config disagrees with the platform it was built for.
+    PlatformMismatch(String),
+    /// The publish cannot succeed as things are (for example access denied).
+    Refused(String),
+}
+
+impl PublishOutcome {
+    /// The metrics label of the outcome: `published`, or the failure reason.
+    pub fn result(&self) -> &'static str {
+        match self {
+            PublishOutcome::Published { .. } => "published",
+            PublishOutcome::PlatformMismatch(_) => Reason::PlatformMismatch.as_str(),
+            PublishOutcome::Refused(_) => Reason::PublishFailed.as_str(),
+        }
+    }
+}
+
+/// Records a publish outcome in the status the planner returned.
+pub fn record_publish(
+    status: &mut MultiArchImageStatus,
+    desired: &DesiredBuild,
+    outcome: &PublishOutcome,
+    now: Timestamp,
+) -> Vec<PlannedEvent> {
+    transition(status, now, |status| match outcome {
+        PublishOutcome::Published { digest, image_ref } => {
+            status.digest = Some(digest.clone());
+            status.image_ref = Some(image_ref.clone());
+            status.published_tags = desired.published_tags();
+            let msg = format!("published {image_ref}");
+            Verdict::new(Phase::Succeeded, Reason::Published, msg)
+        }
+        PublishOutcome::PlatformMismatch(msg) => {
+            Verdict::new(Phase::Failed, Reason::PlatformMismatch, msg.clone())
+        }
+        PublishOutcome::Refused(msg) => {
+            Verdict::new(Phase::Failed, Reason::PublishFailed, msg.clone())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::{desired, platform_status, t};
+
+    #[test]
+    fn an_invalid_spec_stalls_with_invalid_spec() {
+        let status = invalid_spec_status(
+            &MultiArchImageStatus::default(),
+            "tags: empty",
+            Some(4),
+            t(0),
+        );
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(status.observed_generation, Some(4));
+        let stalled = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled")
+            .unwrap();
+        assert_eq!(
+            (stalled.reason.as_str(), stalled.message.as_str()),
+            ("InvalidSpec", "tags: empty")
+        );
+    }
+
+    #[test]
+    fn a_rejected_builder_fails_its_platform_and_the_object_with_one_warning_each() {
+        let mut status = MultiArchImageStatus {
+            platforms: vec![platform_status("linux/arm64")],
+            ..Default::default()
+        };
+        let platform: Platform = "linux/arm64".parse().unwrap();
+        let events = record_rejected_builder(&mut status, &platform, "violates PodSecurity", t(0));
+        assert_eq!(status.platforms[0].reason, Some(Reason::BuilderRejected));
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(events.len(), 2);
+        assert!(events
+            .iter()
+            .all(|e| e.warning && e.reason == Reason::BuilderRejected));
+    }
+
+    #[test]
+    fn a_publish_records_digest_and_tags() {
+        let d = desired(serde_json::json!({}));
+        let mut status = MultiArchImageStatus::default();
+        let outcome = PublishOutcome::Published {
+            digest: "sha256:ii".into(),
+            image_ref: "r@sha256:ii".into(),
+        };
+        record_publish(&mut status, &d, &outcome, t(0));
+        assert_eq!(status.phase, Some(Phase::Succeeded));
+        assert_eq!(status.published_tags, d.published_tags());
+        assert_eq!(outcome.result(), "published");
+        assert_eq!(
+            PublishOutcome::Refused("x".into()).result(),
+            "PublishFailed"
+        );
+    }
+}
