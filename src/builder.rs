@@ -708,7 +708,10 @@ mod tests {
         let job = render(serde_json::json!({}), "linux/amd64", 1);
         let spec = job.spec.as_ref().unwrap();
         let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
-        assert_eq!(rules[0].action, "Count", "disruptions first: an evicted builder exits 137");
+        assert_eq!(
+            rules[0].action, "Count",
+            "disruptions first: an evicted builder exits 137"
+        );
         assert!(rules[0].on_pod_conditions.is_some());
         assert_eq!(rules[1].action, "FailJob");
         assert_eq!(

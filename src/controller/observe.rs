@@ -138,6 +138,7 @@ pub fn observe(
         finished_at,
         state,
         node_selector: node_selector(job),
+        requests: requests(job),
     })
 }
 
@@ -155,6 +156,17 @@ fn node_selector(job: &Job) -> BTreeMap<String, String> {
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
         .and_then(|s| s.node_selector.clone())
+        .unwrap_or_default()
+}
+
+/// What the builder container asks for, as written in the Job.
+fn requests(job: &Job) -> BTreeMap<String, String> {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.iter().find(|c| c.name == CONTAINER))
+        .and_then(|c| c.resources.as_ref()?.requests.as_ref())
+        .map(|r| r.iter().map(|(k, q)| (k.clone(), q.0.clone())).collect())
         .unwrap_or_default()
 }
 

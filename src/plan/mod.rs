@@ -78,6 +78,8 @@ pub struct BuilderObservation {
     pub finished_at: Option<Timestamp>,
     /// The node selector of its pods.
     pub node_selector: BTreeMap<String, String>,
+    /// The resources its builder container requests (quantities as written).
+    pub requests: BTreeMap<String, String>,
 }
 
 /// A builder's state.

@@ -1,6 +1,8 @@
 //! Planning one platform of the current build: its status, and the builder to create or stop.
 //! [`plan`] picks the platform's latest builder and hands it to one function per builder state.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -200,14 +202,16 @@ fn waiting_for_node(
             deadline: Some(expires),
         };
     }
-    let selector = latest
-        .node_selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let pairs = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (selector, requests) = (pairs(&latest.node_selector), pairs(&latest.requests));
     let msg = format!(
-        "no node matching the node selector {{{selector}}} became available for {} within {}: {}",
+        "no node with room for {{{requests}}} matching the node selector {{{selector}}} became \
+         available for {} within {}: {}",
         input.platform,
         format_duration(input.desired.provisioning_timeout),
         message.unwrap_or("the builder was never scheduled")

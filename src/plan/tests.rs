@@ -44,6 +44,11 @@ pub(super) fn builder(
             ("kubernetes.io/os".to_string(), p.os.clone()),
         ]
         .into(),
+        requests: [
+            ("cpu".to_string(), "1".to_string()),
+            ("memory".to_string(), "2Gi".to_string()),
+        ]
+        .into(),
     }
 }
 
@@ -294,6 +299,10 @@ fn arm64_pending_past_provisioning_timeout_fails_platform() {
     assert!(
         message.contains("{kubernetes.io/arch=arm64,kubernetes.io/os=linux}"),
         "{message}"
+    );
+    assert!(
+        message.contains("with room for {cpu=1,memory=2Gi}"),
+        "names what the builder asked for: {message}"
     );
     assert!(message.contains("didn't match Pod's node affinity/selector"));
     assert!(!p.actions.contains(&Action::Publish));

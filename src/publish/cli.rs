@@ -139,7 +139,6 @@ pub async fn run(args: PublishArgs) -> i32 {
     crate::install_crypto_provider();
     let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     crate::telemetry::init(&level, crate::telemetry::LogFormat::Text);
-
     let runs = match tag_runs(&args) {
         Ok(runs) => runs,
         Err(e) => {
@@ -147,14 +146,29 @@ pub async fn run(args: PublishArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let credentials = match DockerConfig::load_default() {
-        Ok(c) => c,
+    let publisher = match publisher(&args) {
+        Ok(p) => p,
         Err(e) => {
             error!("{e}");
             eprintln!("error: nothing written: {e}");
             return EXIT_FAILED;
         }
     };
+    // every check, for every target repository, before any write
+    let plans = match prepare_all(&publisher, &args, &runs).await {
+        Ok(plans) => plans,
+        Err(e) => {
+            error!(error = %e, "publish failed");
+            eprintln!("error: nothing written: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    write_all(&publisher, &runs, &plans).await
+}
+
+/// The publishing engine with the Docker config's credentials and the flags' registry settings.
+fn publisher(args: &PublishArgs) -> Result<Publisher, String> {
+    let credentials = DockerConfig::load_default().map_err(|e| e.to_string())?;
     let config = RegistryConfig {
         plain_http: args.plain_http,
         insecure: args.insecure,
@@ -162,39 +176,36 @@ pub async fn run(args: PublishArgs) -> i32 {
         timeout: args.timeout,
         ..RegistryConfig::default()
     };
-    let publisher = match Publisher::from_config(config, credentials) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: nothing written: {e}");
-            return EXIT_FAILED;
-        }
-    };
+    Publisher::from_config(config, credentials).map_err(|e| e.to_string())
+}
+
+/// One plan per run, each target repository prepared once; nothing is written.
+async fn prepare_all(
+    publisher: &Publisher,
+    args: &PublishArgs,
+    runs: &[(Repository, Vec<Tag>)],
+) -> Result<Vec<super::PublishPlan>, super::PublishError> {
     let format = IndexFormat::from(args.format);
-
-    // every check, for every target repository, before any write
     let mut plans: Vec<(Repository, super::PublishPlan)> = Vec::new();
-    for (repo, _) in &runs {
-        let known: Option<super::PublishPlan> = plans
-            .iter()
-            .find(|(r, _)| r == repo)
-            .map(|(_, p)| p.clone());
-        if let Some(plan) = known {
-            plans.push((repo.clone(), plan));
-            continue;
-        }
-        match publisher.prepare(&args.sources, repo, format).await {
-            Ok(plan) => plans.push((repo.clone(), plan)),
-            Err(e) => {
-                error!(error = %e, "publish failed");
-                eprintln!("error: nothing written: {e}");
-                return EXIT_FAILED;
-            }
-        }
+    for (repo, _) in runs {
+        let plan = match plans.iter().find(|(r, _)| r == repo) {
+            Some((_, known)) => known.clone(),
+            None => publisher.prepare(&args.sources, repo, format).await?,
+        };
+        plans.push((repo.clone(), plan));
     }
+    Ok(plans.into_iter().map(|(_, p)| p).collect())
+}
 
+/// Writes each run's index and tags; the exit code says how far it got.
+async fn write_all(
+    publisher: &Publisher,
+    runs: &[(Repository, Vec<Tag>)],
+    plans: &[super::PublishPlan],
+) -> i32 {
     let mut written: Vec<Reference> = Vec::new();
     let mut digest = None;
-    for ((repo, tags), (_, plan)) in runs.iter().zip(&plans) {
+    for ((repo, tags), plan) in runs.iter().zip(plans) {
         match publisher.write(plan, tags).await {
             Ok(d) => {
                 written.extend(tags.iter().map(|t| repo.with_tag(t.clone())));
@@ -207,22 +218,7 @@ pub async fn run(args: PublishArgs) -> i32 {
                     eprintln!("error: no tag written: {}", partial.error);
                     return EXIT_FAILED;
                 }
-                let done: Vec<String> = written.iter().map(ToString::to_string).collect();
-                let all: Vec<String> = runs
-                    .iter()
-                    .flat_map(|(r, ts)| ts.iter().map(|t| r.with_tag(t.clone()).to_string()))
-                    .collect();
-                let missing: Vec<&String> = all.iter().filter(|t| !done.contains(t)).collect();
-                eprintln!("error: partly published: {}", partial.error);
-                eprintln!("tags written: {}", done.join(" "));
-                eprintln!(
-                    "tags not written: {}",
-                    missing
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
+                report_partial(runs, &written, &partial.error.to_string());
                 println!("{}", plan.digest());
                 return EXIT_PARTIAL;
             }
@@ -237,6 +233,19 @@ pub async fn run(args: PublishArgs) -> i32 {
         }
         None => EXIT_USAGE,
     }
+}
+
+/// Says which tags were written and which were not, after a write failed part-way.
+fn report_partial(runs: &[(Repository, Vec<Tag>)], written: &[Reference], error: &str) {
+    let done: Vec<String> = written.iter().map(ToString::to_string).collect();
+    let missing: Vec<String> = runs
+        .iter()
+        .flat_map(|(r, ts)| ts.iter().map(|t| r.with_tag(t.clone()).to_string()))
+        .filter(|t| !done.contains(t))
+        .collect();
+    eprintln!("error: partly published: {error}");
+    eprintln!("tags written: {}", done.join(" "));
+    eprintln!("tags not written: {}", missing.join(" "));
 }
 
 #[cfg(test)]

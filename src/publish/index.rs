@@ -592,6 +592,36 @@ const UNKNOWN_PLATFORM: PlatformJson<'static> = PlatformJson {
 /// index, an entry that is not an image manifest. Deterministic: the same entries give the same
 /// bytes.
 pub fn assemble(entries: &[IndexEntry], format: IndexFormat) -> Result<AssembledIndex, IndexError> {
+    check_manifests(entries)?;
+    let images = images_of(entries)?;
+    check_attestations(entries, &images)?;
+    let mut manifests = Vec::with_capacity(entries.len());
+    for (image, platform) in &images {
+        manifests.push(image_descriptor(image, platform));
+        manifests.extend(entries.iter().filter_map(|e| match e {
+            IndexEntry::Attestation {
+                descriptor,
+                subject,
+            } if subject == &image.digest => Some(attestation_descriptor(descriptor, subject)),
+            _ => None,
+        }));
+    }
+    let media_type = format.media_type();
+    let bytes = serde_json::to_vec(&IndexJson {
+        schema_version: 2,
+        media_type,
+        manifests,
+    })
+    .unwrap_or_default(); // serialising these plain structs cannot fail
+    Ok(AssembledIndex {
+        media_type,
+        digest: Digest::sha256_of(&bytes),
+        bytes,
+    })
+}
+
+/// Every entry a manifest (not an index), none twice.
+fn check_manifests(entries: &[IndexEntry]) -> Result<(), IndexError> {
     let mut seen = BTreeSet::new();
     for e in entries {
         let d = e.descriptor();
@@ -605,6 +635,13 @@ pub fn assemble(entries: &[IndexEntry], format: IndexFormat) -> Result<Assembled
             });
         }
     }
+    Ok(())
+}
+
+/// The images among the entries, in order: at least one, no two of one platform.
+fn images_of(
+    entries: &[IndexEntry],
+) -> Result<Vec<(&ManifestDescriptor, &ImagePlatform)>, IndexError> {
     let images: Vec<(&ManifestDescriptor, &ImagePlatform)> = entries
         .iter()
         .filter_map(|e| match e {
@@ -630,6 +667,14 @@ pub fn assemble(entries: &[IndexEntry], format: IndexFormat) -> Result<Assembled
             });
         }
     }
+    Ok(images)
+}
+
+/// Every attestation is of one of the images.
+fn check_attestations(
+    entries: &[IndexEntry],
+    images: &[(&ManifestDescriptor, &ImagePlatform)],
+) -> Result<(), IndexError> {
     for e in entries {
         if let IndexEntry::Attestation {
             descriptor,
@@ -644,55 +689,43 @@ pub fn assemble(entries: &[IndexEntry], format: IndexFormat) -> Result<Assembled
             }
         }
     }
+    Ok(())
+}
 
-    let mut manifests = Vec::with_capacity(entries.len());
-    for (image, platform) in &images {
-        manifests.push(DescriptorJson {
-            media_type: &image.media_type,
-            digest: image.digest.as_str(),
-            size: image.size,
-            annotations: None,
-            platform: PlatformJson {
-                architecture: &platform.platform.architecture,
-                os: &platform.platform.os,
-                os_version: platform.os_version.as_deref(),
-                os_features: &platform.os_features,
-                variant: platform.platform.variant.as_deref(),
-            },
-        });
-        for e in entries {
-            if let IndexEntry::Attestation {
-                descriptor,
-                subject,
-            } = e
-            {
-                if subject == &image.digest {
-                    manifests.push(DescriptorJson {
-                        media_type: &descriptor.media_type,
-                        digest: descriptor.digest.as_str(),
-                        size: descriptor.size,
-                        annotations: Some(BTreeMap::from([
-                            (REFERENCE_DIGEST_ANNOTATION, subject.as_str()),
-                            (REFERENCE_TYPE_ANNOTATION, ATTESTATION_MANIFEST),
-                        ])),
-                        platform: UNKNOWN_PLATFORM,
-                    });
-                }
-            }
-        }
+fn image_descriptor<'a>(
+    image: &'a ManifestDescriptor,
+    platform: &'a ImagePlatform,
+) -> DescriptorJson<'a> {
+    DescriptorJson {
+        media_type: &image.media_type,
+        digest: image.digest.as_str(),
+        size: image.size,
+        annotations: None,
+        platform: PlatformJson {
+            architecture: &platform.platform.architecture,
+            os: &platform.platform.os,
+            os_version: platform.os_version.as_deref(),
+            os_features: &platform.os_features,
+            variant: platform.platform.variant.as_deref(),
+        },
     }
-    let media_type = format.media_type();
-    let bytes = serde_json::to_vec(&IndexJson {
-        schema_version: 2,
-        media_type,
-        manifests,
-    })
-    .unwrap_or_default(); // serialising these plain structs cannot fail
-    Ok(AssembledIndex {
-        media_type,
-        digest: Digest::sha256_of(&bytes),
-        bytes,
-    })
+}
+
+/// An attestation manifest, right after its image, as BuildKit writes it.
+fn attestation_descriptor<'a>(
+    descriptor: &'a ManifestDescriptor,
+    subject: &'a Digest,
+) -> DescriptorJson<'a> {
+    DescriptorJson {
+        media_type: &descriptor.media_type,
+        digest: descriptor.digest.as_str(),
+        size: descriptor.size,
+        annotations: Some(BTreeMap::from([
+            (REFERENCE_DIGEST_ANNOTATION, subject.as_str()),
+            (REFERENCE_TYPE_ANNOTATION, ATTESTATION_MANIFEST),
+        ])),
+        platform: UNKNOWN_PLATFORM,
+    }
 }
 
 #[cfg(test)]

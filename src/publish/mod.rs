@@ -466,26 +466,7 @@ impl Publisher {
                     attestations.push((child.descriptor, subject))
                 }
                 ChildKind::Image => {
-                    let (fetched, manifest) = self
-                        .fetch_child(repo, &index_name, &child.descriptor)
-                        .await?;
-                    let (planned, platform) = self.verify_image(repo, fetched, manifest).await?;
-                    if let Some(listed) = &child.platform {
-                        if !listed.platform.matches(&platform.platform) {
-                            return Err(PublishError::PlatformMismatch {
-                                image: planned.reference().to_string(),
-                                actual: platform.platform,
-                                expected: listed.platform.clone(),
-                                claim: PlatformClaim::ListedBy(index_name),
-                            });
-                        }
-                    }
-                    images.push(PlannedImage {
-                        source: source.clone(),
-                        manifest: planned,
-                        platform,
-                        attestations: Vec::new(),
-                    });
+                    images.push(self.verify_listed(source, &index_name, &child).await?);
                 }
             }
         }
@@ -501,29 +482,7 @@ impl Publisher {
                 });
             }
         }
-        if let Some(expected) = &source.platform {
-            if images.len() == 1 {
-                if !expected.matches(images[0].platform()) {
-                    return Err(PublishError::PlatformMismatch {
-                        image: images[0].name(),
-                        actual: images[0].platform().clone(),
-                        expected: expected.clone(),
-                        claim: PlatformClaim::Given,
-                    });
-                }
-            } else {
-                let available: Vec<String> =
-                    images.iter().map(|i| i.platform().to_string()).collect();
-                images.retain(|i| expected.matches(i.platform()));
-                if images.is_empty() {
-                    return Err(PublishError::PlatformNotInIndex {
-                        index: index_name,
-                        expected: expected.clone(),
-                        available: available.join(", "),
-                    });
-                }
-            }
-        }
+        let mut images = given_platform(source, &index_name, images)?;
         for (descriptor, subject) in attestations {
             let Some(image) = images.iter_mut().find(|i| i.digest() == &subject) else {
                 debug!(index = %index_name, attestation = %descriptor.digest, "attestation of an image not taken, left out");
@@ -534,6 +493,37 @@ impl Publisher {
         }
         debug!(source = %source, index = %digest, images = images.len(), "index flattened");
         Ok(images)
+    }
+
+    /// Reads and verifies one image an index lists; its config's platform must be the one the
+    /// index lists it as.
+    async fn verify_listed(
+        &self,
+        source: &Source,
+        index_name: &str,
+        child: &index::IndexChild,
+    ) -> Result<PlannedImage, PublishError> {
+        let repo = &source.reference.repository;
+        let (fetched, manifest) = self
+            .fetch_child(repo, index_name, &child.descriptor)
+            .await?;
+        let (planned, platform) = self.verify_image(repo, fetched, manifest).await?;
+        if let Some(listed) = &child.platform {
+            if !listed.platform.matches(&platform.platform) {
+                return Err(PublishError::PlatformMismatch {
+                    image: planned.reference().to_string(),
+                    actual: platform.platform,
+                    expected: listed.platform.clone(),
+                    claim: PlatformClaim::ListedBy(index_name.to_string()),
+                });
+            }
+        }
+        Ok(PlannedImage {
+            source: source.clone(),
+            manifest: planned,
+            platform,
+            attestations: Vec::new(),
+        })
     }
 
     /// Makes `manifest` (and its blobs) available in `target`; nothing when it was read from
@@ -662,6 +652,39 @@ impl Publisher {
         }
         Ok(plan.index.digest.clone())
     }
+}
+
+/// The images of an index source that its given platform (`PLATFORM=`) takes: the one image,
+/// which must be of that platform, or those of an index with several that match it.
+fn given_platform(
+    source: &Source,
+    index_name: &str,
+    mut images: Vec<PlannedImage>,
+) -> Result<Vec<PlannedImage>, PublishError> {
+    let Some(expected) = &source.platform else {
+        return Ok(images);
+    };
+    if images.len() == 1 {
+        if !expected.matches(images[0].platform()) {
+            return Err(PublishError::PlatformMismatch {
+                image: images[0].name(),
+                actual: images[0].platform().clone(),
+                expected: expected.clone(),
+                claim: PlatformClaim::Given,
+            });
+        }
+        return Ok(images);
+    }
+    let available: Vec<String> = images.iter().map(|i| i.platform().to_string()).collect();
+    images.retain(|i| expected.matches(i.platform()));
+    if images.is_empty() {
+        return Err(PublishError::PlatformNotInIndex {
+            index: index_name.to_string(),
+            expected: expected.clone(),
+            available: available.join(", "),
+        });
+    }
+    Ok(images)
 }
 
 fn planned(
