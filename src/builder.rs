@@ -336,6 +336,10 @@ fn owner_reference(object: &MultiArchImage) -> Option<OwnerReference> {
 
 // --- failure policy and deadlines ---
 
+/// The exit codes of a container ended by SIGTERM and by SIGKILL.
+const EXIT_SIGTERM: i32 = 143;
+const EXIT_SIGKILL: i32 = 137;
+
 /// The whole attempt's backstop: the time to get a node plus the build timeout.
 fn deadline_seconds(desired: &DesiredBuild) -> Option<i64> {
     let deadline = desired.provisioning_timeout.as_secs() + desired.timeout.as_secs();
@@ -344,8 +348,12 @@ fn deadline_seconds(desired: &DesiredBuild) -> Option<i64> {
 
 /// A pod lost to a disruption is replaced (counted against `backoffLimit`, the operator-wide
 /// cap); a build that fails by itself fails the Job at once. The disruption rule comes first: the
-/// first matching rule decides, and an evicted builder's container also ends with a non-zero code
-/// (137).
+/// first matching rule decides, and an evicted builder's container also ends with a non-zero code.
+/// A container ended by a signal (137, SIGKILL; 143, SIGTERM) is a disruption too: a pod deleted
+/// outright gets no `DisruptionTarget` condition (Karpenter deletes a `do-not-disrupt` pod when
+/// its node's termination grace period runs out, as on a spot interruption), and BuildKit never
+/// ends a failed build that way. An out-of-memory kill is also 137: it is replaced up to the cap,
+/// then fails with the disruption count in its message.
 fn failure_policy() -> PodFailurePolicy {
     PodFailurePolicy {
         rules: vec![
@@ -362,7 +370,7 @@ fn failure_policy() -> PodFailurePolicy {
                 on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
                     container_name: Some(CONTAINER.into()),
                     operator: "NotIn".into(),
-                    values: vec![0],
+                    values: vec![0, EXIT_SIGKILL, EXIT_SIGTERM], // the apiserver wants them ordered
                 }),
                 ..Default::default()
             },

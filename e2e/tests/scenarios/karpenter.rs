@@ -106,22 +106,28 @@ async fn builders_launch_nodes_of_their_architecture_that_go_away_after_the_buil
     ]));
     s.apply(&m).await;
 
-    // while no node can take it, each builder waits with the scheduler's reason
-    let waiting = s
-        .wait("app", "both platforms WaitingForNode", 60, |o| {
-            ["linux/amd64", "linux/arm64"]
-                .iter()
-                .all(|p| platform(o, p).is_some_and(|st| st.reason == Some(Reason::WaitingForNode)))
-        })
-        .await;
-    for p in ["linux/amd64", "linux/arm64"] {
-        let message = platform(&waiting, p)
-            .and_then(|st| st.message.clone())
-            .unwrap_or_default();
+    // while no node can take it, each builder waits with the scheduler's reason (seen in the
+    // status, polled, as each platform passes through it)
+    let mut waiting: BTreeMap<String, String> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while waiting.len() < 2 {
+        let o = s.get("app").await;
+        for p in ["linux/amd64", "linux/arm64"] {
+            if let Some(st) = platform(&o, p) {
+                let message = st.message.clone().unwrap_or_default();
+                if st.reason == Some(Reason::WaitingForNode) && message.contains("nodes are available")
+                {
+                    waiting.entry(p.to_string()).or_insert(message);
+                }
+            }
+        }
         assert!(
-            message.contains("nodes are available"),
-            "{p} waits with the scheduler's reason: {message:?}"
+            Instant::now() < deadline,
+            "not both platforms seen WaitingForNode with the scheduler's reason: {waiting:?}; \
+             status: {:?}",
+            o.status
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // one NodeClaim, and so one node, per architecture
