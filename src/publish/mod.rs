@@ -656,6 +656,7 @@ impl Publisher {
 
 /// The images of an index source that its given platform (`PLATFORM=`) takes: the one image,
 /// which must be of that platform, or those of an index with several that match it.
+#[allow(clippy::result_large_err)] // the engine's own error type, as its async steps return
 fn given_platform(
     source: &Source,
     index_name: &str,
