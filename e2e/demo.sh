@@ -11,6 +11,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 state=${E2E_STATE:-/tmp/multiarch-e2e}
 
+# one environment per machine (fixed ports): wait for an end-to-end run to finish first
+exec 9>"${TMPDIR:-/tmp}/multiarch-e2e-env.lock"
+if ! flock -n 9; then
+  echo "[demo] an end-to-end run holds the environment; waiting for it" >&2
+  flock 9
+fi
 "$here/env.sh" up
 # shellcheck source=/dev/null
 source "$state/env"

@@ -354,3 +354,156 @@ async fn a_builder_no_instance_type_fits_fails_at_the_provisioning_timeout() {
         "Karpenter launched nothing for it"
     );
 }
+
+/// A Deployment of one pod asking for `cpu` on a node of `arch` (a workload of the test's own).
+fn deployment(name: &str, arch: &str, cpu: &str) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/arch": arch},
+                    "containers": [{
+                        "name": "main",
+                        "image": "registry.example/fake:1",
+                        "resources": {"requests": {"cpu": cpu, "memory": "256Mi"}},
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("a Deployment")
+}
+
+/// The node the one pod of Deployment `app` runs on, once it runs.
+async fn node_of(s: &Scenario, app: &str, secs: u64) -> String {
+    s.poll(&format!("{app} running on a node"), secs, || async {
+        s.pods(&format!("app={app}"))
+            .await
+            .into_iter()
+            .find_map(|p| {
+                let running = p.status.as_ref()?.phase.as_deref() == Some("Running");
+                let deleting = p.metadata.deletion_timestamp.is_some();
+                (running && !deleting).then(|| p.spec?.node_name).flatten()
+            })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_running_builders_node_is_kept_from_consolidation_while_a_plain_pods_is_not() {
+    let s = Scenario::start(
+        "karpenter_kept_while_building",
+        "e2e-karpenter-kept",
+        Access::Exclusive,
+    )
+    .await;
+    let _operator = KarpenterOperator::start().await;
+    from_zero(&s).await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(s.client.clone(), &s.ns);
+    let create = |d| {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .create(&Default::default(), &d)
+                .await
+                .expect("creating a Deployment")
+        }
+    };
+
+    // a big pod makes Karpenter launch a 4-CPU arm64 node; the builder then fits beside it
+    create(deployment("filler-arm64", "arm64", "2")).await;
+    let builder_node = node_of(&s, "filler-arm64", 120).await;
+    let mut m = s.mai("app", &["linux/arm64"]);
+    m.metadata.annotations = Some(BTreeMap::from([(
+        "e2e.multiarch.dev/fault.linux-arm64".into(),
+        "slow-150".into(),
+    )]));
+    s.apply(&m).await;
+    let o = s
+        .wait("app", "arm64 building", 120, |o| {
+            platform(o, "linux/arm64").is_some_and(|p| p.reason == Some(Reason::Building))
+        })
+        .await;
+    assert_eq!(
+        platform(&o, "linux/arm64").and_then(|p| p.node.clone()),
+        Some(builder_node.clone()),
+        "the builder runs beside the big pod"
+    );
+    // the control: a small plain pod beside a big one on an amd64 node
+    create(deployment("filler-amd64", "amd64", "2")).await;
+    let filler_node = node_of(&s, "filler-amd64", 120).await;
+    create(deployment("control", "amd64", "1")).await;
+    let control_node = node_of(&s, "control", 120).await;
+    assert_eq!(
+        control_node, filler_node,
+        "the control runs beside its filler"
+    );
+
+    // both nodes become underutilized at once: a cheaper node would do for each
+    let underutilized = Instant::now();
+    for name in ["filler-arm64", "filler-amd64"] {
+        deployments
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("deleting a filler");
+    }
+    // the control's node is replaced ...
+    s.poll("the control's node consolidated away", 120, || async {
+        (!karpenter_nodes(&s).await.contains_key(&control_node)).then_some(())
+    })
+    .await;
+    let replaced_after = underutilized.elapsed();
+    let moved = node_of(&s, "control", 60).await;
+    assert_ne!(moved, control_node, "the control pod moved to the new node");
+    // ... while the builder's node stays, with an Event naming the builder pod
+    let builder_pod = s
+        .pods("multiarch.dev/image=app")
+        .await
+        .into_iter()
+        .find(|p| p.spec.as_ref().and_then(|sp| sp.node_name.as_deref()) == Some(&builder_node))
+        .map(|p| p.name_any())
+        .expect("the builder pod on its node");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(s.client.clone());
+    let blocked = s
+        .poll(
+            "a DisruptionBlocked Event naming the builder pod",
+            60,
+            || async {
+                events
+                    .list(&ListParams::default().fields("reason=DisruptionBlocked"))
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .find(|e| {
+                        e.involved_object.name.as_deref() == Some(builder_node.as_str())
+                            && e.message.as_deref().unwrap_or("").contains(&builder_pod)
+                    })
+                    .and_then(|e| e.message)
+            },
+        )
+        .await;
+    assert!(
+        karpenter_nodes(&s).await.contains_key(&builder_node),
+        "the builder's node is still there"
+    );
+    let o = s.get("app").await;
+    let p = platform(&o, "linux/arm64").expect("platform status");
+    assert_eq!(p.reason, Some(Reason::Building), "still building: {p:?}");
+    assert_eq!(p.node.as_ref(), Some(&builder_node));
+    assert_eq!(p.disruptions, 0, "not disrupted: {p:?}");
+    progress(format!(
+        "karpenter consolidation: the control's node replaced {:.1} s after it became \
+         underutilized; the builder's node kept: {blocked}",
+        replaced_after.as_secs_f64()
+    ));
+    s.mais()
+        .delete("app", &Default::default())
+        .await
+        .expect("deleting the object");
+}
