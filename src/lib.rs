@@ -24,6 +24,7 @@ pub mod config;
 pub mod controller;
 pub mod failpoint;
 pub mod git;
+pub mod guardrails;
 pub mod health;
 pub mod metrics;
 pub mod plan;

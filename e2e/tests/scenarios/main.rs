@@ -7,6 +7,7 @@
 mod build;
 mod election;
 mod faults;
+mod guardrails;
 mod hostile;
 mod karpenter;
 mod lifecycle;
