@@ -31,6 +31,7 @@ pub mod plan;
 pub mod platform;
 pub mod publish;
 pub mod reference;
+pub mod secrets;
 pub mod telemetry;
 pub mod validate;
 
