@@ -13,4 +13,5 @@ mod karpenter;
 mod lifecycle;
 mod nodes;
 mod release;
+mod secrets;
 mod source;
