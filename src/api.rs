@@ -159,8 +159,10 @@ fn default_dockerfile() -> String {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GitSource {
-    /// The repository URL (`https://`, `http://` or `git://`).
+    /// The repository URL (`https://`, `http://` or `git://`), with no credentials in it
+    /// (`user:token@`): those go in the Secret named by `secretRef`.
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('git://')").message("url must start with https://, http:// or git://"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/]*@')").message("url must not carry credentials (user:token@ or token@): put them in a Secret named by secretRef"))]
     #[schemars(length(min = 1, max = 2048))]
     pub url: String,
 

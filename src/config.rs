@@ -32,6 +32,8 @@ pub struct BuilderDefaults {
     /// How long finished builders are kept before they are deleted (the most recent failed one of
     /// each object is kept until the next build).
     pub finished_ttl: Duration,
+    /// What a spec may choose about its builders; checked by `validate`.
+    pub guardrails: Guardrails,
 }
 
 impl Default for BuilderDefaults {
@@ -51,6 +53,51 @@ impl Default for BuilderDefaults {
             tolerations: Vec::new(),
             max_disruptions: 3,
             finished_ttl: Duration::from_secs(60 * 60),
+            guardrails: Guardrails::default(),
+        }
+    }
+}
+
+/// Operator-wide limits on what a `MultiArchImage` may choose about its builders, so that one
+/// namespace's user cannot pick another team's credentials (a ServiceAccount), an arbitrary
+/// image to run with seccomp `Unconfined`, or nodes and sizes the platform team did not offer.
+/// Set by the `--allowed-*`/`--allow-*`/`--max-builder-resources` flags (the chart's
+/// `guardrails:` values); the chart's ValidatingAdmissionPolicy enforces the same rules at
+/// admission. The defaults keep every spec that uses the operator's defaults working.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Guardrails {
+    /// Images `spec.builder.image` may name: exact references, `repo@sha256:...` digests, or
+    /// patterns ending in `*` (a prefix: `registry.example.com/buildkit/*`). Empty: only the
+    /// operator's default builder image. Covers every image a spec can name.
+    pub allowed_images: Vec<String>,
+    /// ServiceAccounts `spec.builder.serviceAccountName` may name (`*`: any). Empty: none.
+    pub allowed_service_accounts: Vec<String>,
+    /// Whether specs may add tolerations (`spec.builder`, `spec.platformOverrides[]`).
+    pub allow_tolerations: bool,
+    /// Toleration keys a spec may use when tolerations are allowed; empty: any key.
+    pub allowed_toleration_keys: Vec<String>,
+    /// Whether specs may add node selector entries.
+    pub allow_node_selector: bool,
+    /// Node selector keys a spec may use when node selectors are allowed; empty: any key.
+    pub allowed_node_selector_keys: Vec<String>,
+    /// Whether specs may set builder resources.
+    pub allow_resources: bool,
+    /// The largest request or limit a spec may set, per resource name (`cpu`, `memory`,
+    /// `ephemeral-storage`); resources not listed are not bounded.
+    pub max_resources: BTreeMap<String, Quantity>,
+}
+
+impl Default for Guardrails {
+    fn default() -> Self {
+        Guardrails {
+            allowed_images: Vec::new(),
+            allowed_service_accounts: vec!["default".to_string()],
+            allow_tolerations: false,
+            allowed_toleration_keys: Vec::new(),
+            allow_node_selector: true,
+            allowed_node_selector_keys: Vec::new(),
+            allow_resources: true,
+            max_resources: BTreeMap::new(),
         }
     }
 }

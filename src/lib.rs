@@ -24,12 +24,14 @@ pub mod config;
 pub mod controller;
 pub mod failpoint;
 pub mod git;
+pub mod guardrails;
 pub mod health;
 pub mod metrics;
 pub mod plan;
 pub mod platform;
 pub mod publish;
 pub mod reference;
+pub mod secrets;
 pub mod telemetry;
 pub mod validate;
 

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use multiarch_operator::config::{parse_duration, BuilderDefaults, DEFAULT_BUILDER_IMAGE};
+use multiarch_operator::config::{
+    parse_duration, BuilderDefaults, Guardrails, DEFAULT_BUILDER_IMAGE,
+};
 use multiarch_operator::controller::leader::LeaderElection;
 use multiarch_operator::controller::Settings;
 use multiarch_operator::metrics::Metrics;
@@ -89,6 +91,40 @@ struct RunArgs {
     /// Default tolerations for builders, as a JSON array of Kubernetes tolerations.
     #[arg(long, env = "MULTIARCH_BUILDER_TOLERATIONS")]
     builder_tolerations: Option<String>,
+    /// Guardrail: images a spec's builder.image may name besides the default builder image:
+    /// exact references, digests (repo@sha256:...) or prefixes ending in `*` (comma-separated).
+    #[arg(long, env = "MULTIARCH_ALLOWED_BUILDER_IMAGES", value_delimiter = ',')]
+    allowed_builder_images: Vec<String>,
+    /// Guardrail: ServiceAccounts a spec's builder.serviceAccountName may name (`*`: any).
+    #[arg(
+        long,
+        env = "MULTIARCH_ALLOWED_BUILDER_SERVICE_ACCOUNTS",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    allowed_builder_service_accounts: Vec<String>,
+    /// Guardrail: whether specs may add tolerations.
+    #[arg(long, env = "MULTIARCH_ALLOW_BUILDER_TOLERATIONS", default_value_t = false, action = clap::ArgAction::Set)]
+    allow_builder_tolerations: bool,
+    /// Guardrail: toleration keys specs may use (empty: any, when tolerations are allowed).
+    #[arg(long, env = "MULTIARCH_ALLOWED_TOLERATION_KEYS", value_delimiter = ',')]
+    allowed_toleration_keys: Vec<String>,
+    /// Guardrail: whether specs may add node selector entries.
+    #[arg(long, env = "MULTIARCH_ALLOW_BUILDER_NODE_SELECTOR", default_value_t = true, action = clap::ArgAction::Set)]
+    allow_builder_node_selector: bool,
+    /// Guardrail: node selector keys specs may use (empty: any, when node selectors are allowed).
+    #[arg(
+        long,
+        env = "MULTIARCH_ALLOWED_NODE_SELECTOR_KEYS",
+        value_delimiter = ','
+    )]
+    allowed_node_selector_keys: Vec<String>,
+    /// Guardrail: whether specs may set builder resources.
+    #[arg(long, env = "MULTIARCH_ALLOW_BUILDER_RESOURCES", default_value_t = true, action = clap::ArgAction::Set)]
+    allow_builder_resources: bool,
+    /// Guardrail: the largest request or limit a spec may set, as name=quantity (comma-separated).
+    #[arg(long, env = "MULTIARCH_MAX_BUILDER_RESOURCES", value_delimiter = ',')]
+    max_builder_resources: Vec<String>,
     /// Address of /metrics (Prometheus text format).
     #[arg(long, env = "MULTIARCH_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -129,6 +165,39 @@ fn pairs(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String
                 .ok_or_else(|| anyhow::anyhow!("{what} {s:?} must be key=value"))
         })
         .collect()
+}
+
+fn names(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The guardrail flags, parsed once; a bound that is not a quantity stops the operator.
+fn guardrails(args: &RunArgs) -> anyhow::Result<Guardrails> {
+    let mut max_resources = BTreeMap::new();
+    for (k, v) in pairs(&args.max_builder_resources, "--max-builder-resources")? {
+        anyhow::ensure!(
+            multiarch_operator::guardrails::parse_quantity(&v).is_some(),
+            "--max-builder-resources {k}={v}: {v:?} is not a quantity"
+        );
+        max_resources.insert(
+            k,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity(v),
+        );
+    }
+    Ok(Guardrails {
+        allowed_images: names(&args.allowed_builder_images),
+        allowed_service_accounts: names(&args.allowed_builder_service_accounts),
+        allow_tolerations: args.allow_builder_tolerations,
+        allowed_toleration_keys: names(&args.allowed_toleration_keys),
+        allow_node_selector: args.allow_builder_node_selector,
+        allowed_node_selector_keys: names(&args.allowed_node_selector_keys),
+        allow_resources: args.allow_builder_resources,
+        max_resources,
+    })
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -173,6 +242,7 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
 
 /// The operator-wide builder defaults from the flags.
 fn builder_defaults(args: &RunArgs) -> anyhow::Result<BuilderDefaults> {
+    let guardrails = guardrails(args)?;
     let mut defaults = BuilderDefaults {
         image: args.builder_image.clone(),
         timeout: parse_duration(&args.build_timeout)?,
@@ -180,6 +250,7 @@ fn builder_defaults(args: &RunArgs) -> anyhow::Result<BuilderDefaults> {
         max_disruptions: args.max_disruptions,
         finished_ttl: parse_duration(&args.finished_builder_ttl)?,
         node_selector: pairs(&args.builder_node_selector, "--builder-node-selector")?,
+        guardrails,
         ..BuilderDefaults::default()
     };
     if let Some(json) = args
@@ -253,4 +324,57 @@ async fn main() {
         Command::Publish(args) => multiarch_operator::publish::cli::run(args).await,
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut all = vec!["multiarch-operator", "run"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).map(|c| c.command) {
+            Ok(Command::Run(args)) => *args,
+            Ok(_) => panic!("not run"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// With no flags: the default image and the `default` account only. Then the environment
+    /// as the chart renders it, lists that are empty as "": an empty list stays empty (no
+    /// ServiceAccount may be named), it does not fall back to the default.
+    #[test]
+    fn guardrail_flags_default_closed_and_read_the_charts_environment() {
+        let g = guardrails(&run_args(&[])).unwrap();
+        assert_eq!(g, Guardrails::default());
+        assert_eq!(g.allowed_service_accounts, vec!["default".to_string()]);
+        // the only test of this binary that touches the environment
+        for (k, v) in [
+            (
+                "MULTIARCH_ALLOWED_BUILDER_IMAGES",
+                "registry.example.com/buildkit/*",
+            ),
+            ("MULTIARCH_ALLOWED_BUILDER_SERVICE_ACCOUNTS", ""),
+            ("MULTIARCH_ALLOW_BUILDER_TOLERATIONS", "true"),
+            ("MULTIARCH_ALLOWED_TOLERATION_KEYS", "builds,gpu"),
+            ("MULTIARCH_ALLOW_BUILDER_NODE_SELECTOR", "false"),
+            ("MULTIARCH_ALLOWED_NODE_SELECTOR_KEYS", ""),
+            ("MULTIARCH_ALLOW_BUILDER_RESOURCES", "true"),
+            (
+                "MULTIARCH_MAX_BUILDER_RESOURCES",
+                "cpu=16,ephemeral-storage=200Gi,memory=64Gi",
+            ),
+        ] {
+            std::env::set_var(k, v);
+        }
+        let g = guardrails(&run_args(&[])).unwrap();
+        assert_eq!(g.allowed_images, vec!["registry.example.com/buildkit/*"]);
+        assert_eq!(g.allowed_service_accounts, Vec::<String>::new());
+        assert!(g.allow_tolerations && !g.allow_node_selector && g.allow_resources);
+        assert_eq!(g.allowed_toleration_keys, vec!["builds", "gpu"]);
+        assert_eq!(g.max_resources.len(), 3);
+        std::env::set_var("MULTIARCH_MAX_BUILDER_RESOURCES", "cpu=lots");
+        let err = guardrails(&run_args(&[])).unwrap_err().to_string();
+        assert!(err.contains("not a quantity"), "{err}");
+    }
 }

@@ -62,6 +62,10 @@ pub fn validate(
     defaults: &BuilderDefaults,
 ) -> Result<DesiredBuild, InvalidSpec> {
     let spec = &obj.spec;
+    // before anything else reads the URL: a credential in it would be echoed everywhere
+    if has_userinfo(&spec.source.git.url) {
+        return Err(invalid(USERINFO_REFUSED.into()));
+    }
     let repository: Repository = spec
         .image
         .parse()
@@ -74,6 +78,7 @@ pub fn validate(
     check_overrides(spec, &platforms)?;
     let (timeout, provisioning_timeout) = timeouts(spec, defaults)?;
     check_source_url(&spec.source.git.url)?;
+    crate::guardrails::check(spec, defaults)?;
     let retries = u32::try_from(spec.retries)
         .map_err(|_| invalid("spec.retries: must be zero or more".into()))?;
     let rebuild = obj
@@ -204,6 +209,19 @@ fn check_source_url(url: &str) -> Result<(), InvalidSpec> {
     )))
 }
 
+/// The refusal of a git URL with credentials in it; names no part of the URL.
+pub const USERINFO_REFUSED: &str = "spec.source.git.url: credentials in the URL (user:token@ or token@) are refused: put them in a Secret named by spec.source.git.secretRef";
+
+/// Whether `url` (`scheme://authority/...`) may carry userinfo (`user[:password]@`): an `@`
+/// anywhere before the first `/` after the scheme. Stricter than any one URL parser (WHATWG
+/// parsers end the authority at `\`, `?` or `#` too, curl does not), so that no parser a URL
+/// reaches finds credentials in it. The CRD's CEL rule on `url` is the same test.
+pub fn has_userinfo(url: &str) -> bool {
+    url.split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or_default())
+        .is_some_and(|authority| authority.contains('@'))
+}
+
 /// A short hash of the build inputs: everything but the tags, `platformTags` and `retries`.
 pub fn build_id(spec: &MultiArchImageSpec, rebuild: Option<&str>) -> String {
     let inputs = serde_json::json!({
@@ -299,6 +317,10 @@ pub(crate) mod tests {
                 "SSH URLs are not supported",
             ),
             (serde_json::json!({"retries": -1}), "spec.retries"),
+            (
+                serde_json::json!({"source": {"git": {"url": "https://user:s3cret@git.example.com/a.git"}}}),
+                "credentials in the URL",
+            ),
         ];
         for (spec, want) in cases {
             let err = check(spec.clone()).expect_err(&spec.to_string());
@@ -306,6 +328,34 @@ pub(crate) mod tests {
                 err.0.contains(want),
                 "{spec}: {err} should mention {want:?}"
             );
+        }
+    }
+
+    #[test]
+    fn credentials_in_a_git_url_are_refused_without_echoing_them() {
+        for url in [
+            "https://user:s3cret@git.example.com/a.git",
+            "https://s3cret@git.example.com/a.git",
+            "http://x-access-token:s3cret@127.0.0.1:8080/private/a.git",
+            "https://s3cret@git.example.com",
+            "https://git.example.com\\s3cret@evil.example.com/a.git",
+            "https://git.example.com?s3cret@evil.example.com/a.git",
+            "git://s3cret@git.example.com/a.git",
+        ] {
+            assert!(has_userinfo(url), "{url}");
+            let err = check(serde_json::json!({"source": {"git": {"url": url}}}))
+                .expect_err(url)
+                .0;
+            assert_eq!(err, USERINFO_REFUSED);
+            assert!(!err.contains("s3cret"));
+        }
+        for url in [
+            "https://git.example.com/team/a.git",
+            "https://git.example.com/team/a@b.git",
+            "http://127.0.0.1:8080/private/a.git",
+            "git://git.example.com/a.git",
+        ] {
+            assert!(!has_userinfo(url), "{url}");
         }
     }
 

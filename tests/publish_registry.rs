@@ -16,7 +16,8 @@ use registry::images::{platform_json, Pushed, Pusher, OCI_INDEX, OCI_MANIFEST};
 use registry::proxy::{FaultProxy, FaultRule};
 use registry::token::{TokenIssuer, ISSUER, SERVICE};
 use registry::{
-    docker_config, docker_config_basic, publish, sha256, RegistryAuth, RegistryServer, Skopeo,
+    docker_config, docker_config_basic, publish, publish_logging, sha256, RegistryAuth,
+    RegistryServer, Skopeo,
 };
 use serde_json::{json, Value};
 
@@ -376,6 +377,28 @@ async fn usage_errors_exit_2() {
     }
 }
 
+/// The values (and their basic auth encodings with `user`) that must not appear in anything
+/// `publish` prints, even at debug level.
+fn secret_forms(user: &str, values: &[&str]) -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    values
+        .iter()
+        .flat_map(|v| [v.to_string(), b64.encode(format!("{user}:{v}"))])
+        .collect()
+}
+
+fn assert_keeps_secrets(out: &registry::Output, secrets: &[String]) {
+    for secret in secrets {
+        assert!(
+            !out.stdout.contains(secret.as_str()) && !out.stderr.contains(secret.as_str()),
+            "publish printed a secret ({secret:?}):\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
 #[tokio::test]
 async fn basic_auth_over_tls_with_ca_file() {
     let reg = RegistryServer::start(
@@ -400,9 +423,11 @@ async fn basic_auth_over_tls_with_ca_file() {
     let wrong = docker_config_basic(&reg.host, USER, "wrong password");
     let mut args = vec!["--ca-file".into(), ca.clone(), "--tag".into(), tag.clone()];
     args.extend(sources.clone());
-    let out = publish(&args, wrong.path(), None).await;
+    let secrets = secret_forms(USER, &[PASSWORD, "wrong password"]);
+    let out = publish_logging(&args, wrong.path(), None, "debug").await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("401 Unauthorized"), "{}", out.stderr);
+    assert_keeps_secrets(&out, &secrets);
     // no credentials at all: the same
     let out = publish(&args, anonymous().path(), None).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
@@ -418,8 +443,9 @@ async fn basic_auth_over_tls_with_ca_file() {
     assert!(skopeo.tags(&reg.repo("team/app")).await.is_empty());
 
     // right credentials and the CA: published, blobs mounted across repositories
-    let out = publish(&args, right.path(), None).await;
+    let out = publish_logging(&args, right.path(), None, "debug").await;
     assert_eq!(out.code, 0, "{}\n{}", out.stderr, reg.log());
+    assert_keeps_secrets(&out, &secrets);
     let raw = skopeo.raw(&tag).await.expect("published tag");
     assert_eq!(sha256(&raw), out.last_line());
     let index: Value = serde_json::from_slice(&raw).unwrap();
@@ -485,9 +511,10 @@ async fn token_auth_through_a_token_service_and_a_credential_helper() {
 
     // wrong password: the token service refuses it, publish says so, nothing written
     let refused_before = issuer.refused.load(std::sync::atomic::Ordering::SeqCst);
-    let wrong = docker_config_basic(&reg.host, USER, "guess");
-    let out = publish(&args, wrong.path(), None).await;
+    let wrong = docker_config_basic(&reg.host, USER, "guess-password");
+    let out = publish_logging(&args, wrong.path(), None, "debug").await;
     assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_keeps_secrets(&out, &secret_forms(USER, &["guess-password"]));
     assert!(
         out.stderr.contains("token service refused the credentials"),
         "{}",
@@ -500,8 +527,10 @@ async fn token_auth_through_a_token_service_and_a_credential_helper() {
     let bin = tempfile::tempdir().unwrap();
     credential_helper(bin.path(), "test", &reg.host, USER, PASSWORD);
     let helper_config = docker_config(&json!({"credHelpers": {reg.host.clone(): "test"}}));
-    let out = publish(&args, helper_config.path(), Some(bin.path())).await;
+    let out = publish_logging(&args, helper_config.path(), Some(bin.path()), "debug").await;
     assert_eq!(out.code, 0, "{}\n{}", out.stderr, reg.log());
+    // what the helper answered is never printed, nor its basic auth form
+    assert_keeps_secrets(&out, &secret_forms(USER, &[PASSWORD]));
     let raw = skopeo.raw(&tag).await.expect("published");
     assert_eq!(sha256(&raw), out.last_line());
     let index: Value = serde_json::from_slice(&raw).unwrap();

@@ -18,6 +18,8 @@ Scenario faults (synthetic mode) come from the test, as annotations on the Multi
   wrong-arch  push an amd64 image while the builder is for another platform (the mislabelling bug)
   hang        never finish
   slow-N      finish (successfully) N seconds after the pod started running
+  leak-secrets  exit 1 with a log that prints the builder's credentials (its git token, raw and as a
+              basic auth header, and its registry auth): what the operator must scrub
 Everything else in the environment is real.
 """
 
@@ -130,6 +132,33 @@ def push_auth(pod, namespace, registry, kubeconfig):
     return None
 
 
+def git_token(pod, namespace, kubeconfig):
+    """The GIT_AUTH_TOKEN the pod's environment takes from a Secret, if any."""
+    for container in pod["spec"]["containers"]:
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if env["name"] == "GIT_AUTH_TOKEN" and ref:
+                data = json.loads(kubectl(["get", "secret", "-n", namespace, ref["name"], "-o", "json"], kubeconfig))
+                raw = data.get("data", {}).get(ref["key"])
+                return base64.b64decode(raw).decode().strip() if raw else None
+    return None
+
+
+def leaky_log(pod, namespace, registry, kubeconfig):
+    """A failing build's log that prints every credential the builder was given."""
+    lines = ["#5 [internal] load git source"]
+    token = git_token(pod, namespace, kubeconfig)
+    if token:
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        lines.append(f"#5 fatal: unable to access 'http://x-access-token:{token}@git.internal/sample.git/'")
+        lines.append(f"#5 > Authorization: Basic {basic}")
+    auth = push_auth(pod, namespace, registry, kubeconfig)
+    if auth:
+        lines.append(f"#9 pushing with auth {auth} ({base64.b64decode(auth).decode()})")
+    lines.append("error: e2e: build failed on purpose")
+    return "\n".join(lines)
+
+
 def finish(pod, namespace, code, message, kubeconfig):
     kubectl(["annotate", "pod", "-n", namespace, pod, "--overwrite",
              f"e2e.multiarch.dev/exit-code={code}",
@@ -198,6 +227,9 @@ def finish_build(pod, ns, name, platform, output, fault, attempt, kubeconfig):
         return
     if fault == "fail" or (fault == "fail-once" and attempt == "1"):
         finish(name, ns, 1, "#12 [build 4/4] RUN go build\nerror: e2e: build failed on purpose", kubeconfig)
+        return
+    if fault == "leak-secrets":
+        finish(name, ns, 1, leaky_log(pod, ns, output.split("/", 1)[0], kubeconfig), kubeconfig)
         return
     pushed_platform = "linux/amd64" if fault == "wrong-arch" else platform
     auth = push_auth(pod, ns, output.split("/", 1)[0], kubeconfig)

@@ -47,6 +47,7 @@ pub(super) async fn observe_object(
         let check = push_check(ctx, obj, desired, prev, job, &pods).await?;
         builders.extend(observe(job, &pods, check));
     }
+    super::redact::scrub_failures(ctx, obj, &mut builders).await?;
     let source = if needs_source(desired, prev, &builders) {
         Some(resolve_source(ctx, obj).await?)
     } else {

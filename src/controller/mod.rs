@@ -11,6 +11,7 @@ pub mod leader;
 mod observe;
 mod publishing;
 mod reconcile;
+mod redact;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -7,9 +7,11 @@
 mod build;
 mod election;
 mod faults;
+mod guardrails;
 mod hostile;
 mod karpenter;
 mod lifecycle;
 mod nodes;
 mod release;
+mod secrets;
 mod source;

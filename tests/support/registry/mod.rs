@@ -327,14 +327,22 @@ impl Output {
 /// `docker_config`, and `extra_path` (credential helpers) in front of PATH. Its log level is
 /// `info`, or `PUBLISH_TEST_LOG` (for example `multiarch_operator=debug`).
 pub async fn publish(args: &[String], docker_config: &Path, extra_path: Option<&Path>) -> Output {
+    let level = std::env::var("PUBLISH_TEST_LOG").unwrap_or_else(|_| "info".into());
+    publish_logging(args, docker_config, extra_path, &level).await
+}
+
+/// [`publish`] logging at `level` (`RUST_LOG`), for tests that read what it logs.
+pub async fn publish_logging(
+    args: &[String],
+    docker_config: &Path,
+    extra_path: Option<&Path>,
+    level: &str,
+) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_multiarch-operator"));
     cmd.arg("publish")
         .args(args)
         .env("DOCKER_CONFIG", docker_config)
-        .env(
-            "RUST_LOG",
-            std::env::var("PUBLISH_TEST_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .env("RUST_LOG", level)
         .env_remove("HOME")
         .kill_on_drop(true);
     if let Some(dir) = extra_path {
