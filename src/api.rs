@@ -403,9 +403,27 @@ pub enum Reason {
     BuilderRejected,
     PlatformMismatch,
     PublishFailed,
+    WaitingForQuota,
 }
 
 impl Reason {
+    /// Every reason, in the order the README lists them.
+    pub const ALL: [Reason; 13] = [
+        Reason::Building,
+        Reason::WaitingForNode,
+        Reason::Publishing,
+        Reason::Published,
+        Reason::InvalidSpec,
+        Reason::SourceUnavailable,
+        Reason::BuildFailed,
+        Reason::NoNodeForPlatform,
+        Reason::BuildTimeout,
+        Reason::BuilderRejected,
+        Reason::PlatformMismatch,
+        Reason::PublishFailed,
+        Reason::WaitingForQuota,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Building => "Building",
@@ -420,6 +438,7 @@ impl Reason {
             Reason::BuilderRejected => "BuilderRejected",
             Reason::PlatformMismatch => "PlatformMismatch",
             Reason::PublishFailed => "PublishFailed",
+            Reason::WaitingForQuota => "WaitingForQuota",
         }
     }
 
@@ -477,6 +496,30 @@ pub fn crd_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reasons_are_one_list_in_the_types_the_schema_and_the_readme() {
+        let schema = serde_json::to_value(schemars::schema_for!(Reason)).unwrap();
+        let in_schema: Vec<&str> = schema["enum"]
+            .as_array()
+            .expect("Reason is a string enum")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let listed: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(in_schema, listed, "Reason::ALL misses a variant");
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+        }
+        let readme = include_str!("../README.md");
+        let paragraph = readme
+            .split("\n\n")
+            .find(|p| p.starts_with("Condition reasons:"))
+            .expect("the README lists the condition reasons");
+        let sentence = paragraph.split(". ").next().unwrap();
+        let in_readme: Vec<&str> = sentence.split('`').skip(1).step_by(2).collect();
+        assert_eq!(in_readme, listed, "the README's list of reasons drifted");
+    }
 
     #[test]
     fn committed_crd_matches_the_types() {

@@ -1,6 +1,8 @@
 //! The execute step of a reconcile: one function per planned action (create, stop or delete a
 //! builder Job; publish), each folding what it learned into the status to report.
 
+use std::time::Duration;
+
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -14,7 +16,10 @@ use super::reconcile::write_status;
 use super::{publishing, Context, Error, FIELD_MANAGER};
 use crate::api::{MultiArchImage, MultiArchImageStatus, Reason};
 use crate::builder::{render_job, BuilderInput, ANNOTATION_PLATFORM, ANNOTATION_STOPPED};
-use crate::plan::{record_publish, record_rejected_builder, Action, Plan, PlannedEvent};
+use crate::plan::{
+    events_between, record_publish, record_quota_wait, record_rejected_builder, Action, Plan,
+    PlannedEvent, QUOTA_RETRY,
+};
 use crate::platform::Platform;
 use crate::validate::DesiredBuild;
 
@@ -30,20 +35,29 @@ pub(super) enum Admission {
     Rejected(String),
     /// A Job of the builder's name belongs to another object: try again once it is gone.
     RetryLater { name: String },
+    /// The namespace's ResourceQuota has no room for the builder now, with its message: try
+    /// again once quota frees up.
+    WaitingForQuota(String),
 }
 
 /// Why the apiserver refused to create an object.
 enum Refusal {
     AlreadyExists,
+    /// A ResourceQuota of the namespace is used up (for now).
+    Quota(String),
     /// Admission or validation refused it, with the apiserver's message.
     Rejected(String),
 }
 
-/// Classifies a failed create: a conflict, or a refusal by admission or validation (a 403 that
-/// is not RBAC's "cannot create resource", or a 422). `None` for anything else.
+/// Classifies a failed create: a conflict, a used-up ResourceQuota (a 403 saying "exceeded
+/// quota", which passes when other pods finish), or a refusal by admission or validation (any
+/// other 403 that is not RBAC's "cannot create resource", or a 422). `None` for anything else.
 fn refusal(e: &kube::Error) -> Option<Refusal> {
     match e {
         kube::Error::Api(s) if s.code == 409 => Some(Refusal::AlreadyExists),
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("exceeded quota") => {
+            Some(Refusal::Quota(s.message.clone()))
+        }
         kube::Error::Api(s)
             if (s.code == 403 && !s.message.contains("cannot create resource"))
                 || s.code == 422 =>
@@ -58,6 +72,8 @@ fn refusal(e: &kube::Error) -> Option<Refusal> {
 pub(super) struct Executed {
     pub status: MultiArchImageStatus,
     pub events: Vec<PlannedEvent>,
+    /// When to try again because of what acting found (a quota without room).
+    pub retry_after: Option<Duration>,
 }
 
 /// Acts on every planned action in order.
@@ -73,6 +89,7 @@ pub(super) async fn execute(
     let mut done = Executed {
         status: plan.status.clone(),
         events: plan.events.clone(),
+        retry_after: None,
     };
     let mut created = false;
     for action in &plan.actions {
@@ -91,7 +108,7 @@ pub(super) async fn execute(
                     defaults: &ctx.settings.defaults,
                 });
                 let admission = create_builder(ctx, &ns, &job).await?;
-                created |= record_admission(&mut done, platform, &job, admission, now)?;
+                created |= record_admission(&mut done, prev, platform, &job, admission, now)?;
             }
             Action::StopBuilder {
                 name,
@@ -111,6 +128,7 @@ pub(super) async fn execute(
 /// Records a builder's admission in the status; true when the builder exists now.
 fn record_admission(
     done: &mut Executed,
+    prev: &MultiArchImageStatus,
     platform: &Platform,
     job: &Job,
     admission: Admission,
@@ -133,6 +151,15 @@ fn record_admission(
             done.events.extend(events);
             Ok(false)
         }
+        Admission::WaitingForQuota(message) => {
+            info!(platform = %platform, "builder waits for quota: {message}");
+            record_quota_wait(&mut done.status, platform, &message, now);
+            // told once: the Events are those between the status this reconcile read (which
+            // may already wait for quota) and the one it writes
+            done.events = events_between(prev, &done.status);
+            done.retry_after = Some(QUOTA_RETRY);
+            Ok(false)
+        }
         // the name frees up when the garbage collector removes the other object's Job
         Admission::RetryLater { name } => Err(Error::BuilderNameTaken(name)),
     }
@@ -147,8 +174,8 @@ async fn create_builder(ctx: &Context, ns: &str, job: &Job) -> Result<Admission,
     if let Some(existing) = get_job(&jobs, &name).await? {
         return Ok(adopt(job, &existing));
     }
-    if let Some(message) = dry_run_pod(ctx, ns, job).await? {
-        return Ok(Admission::Rejected(message));
+    if let Some(refused) = dry_run_pod(ctx, ns, job).await? {
+        return Ok(refused);
     }
     let pp = PostParams {
         dry_run: false,
@@ -169,6 +196,7 @@ async fn create_builder(ctx: &Context, ns: &str, job: &Job) -> Result<Admission,
             None => Ok(Admission::RetryLater { name }),
         },
         Some(Refusal::Rejected(message)) => Ok(Admission::Rejected(message)),
+        Some(Refusal::Quota(message)) => Ok(Admission::WaitingForQuota(message)),
         None => Err(Error::CreateJob { name, source }),
     }
 }
@@ -180,8 +208,13 @@ async fn get_job(jobs: &Api<Job>, name: &str) -> Result<Option<Job>, Error> {
     })
 }
 
-/// Asks admission about the builder's pod with a dry-run create; `Some(message)` when refused.
-async fn dry_run_pod(ctx: &Context, ns: &str, job: &Job) -> Result<Option<String>, Error> {
+/// Asks admission (and the namespace's quota) about the builder's pod with a dry-run create;
+/// `Some` when refused, for now or for good.
+pub(super) async fn dry_run_pod(
+    ctx: &Context,
+    ns: &str,
+    job: &Job,
+) -> Result<Option<Admission>, Error> {
     let name = job.name_any();
     let template = job
         .spec
@@ -214,9 +247,12 @@ async fn dry_run_pod(ctx: &Context, ns: &str, job: &Job) -> Result<Option<String
         return Ok(None);
     };
     match (refusal(&source), &source) {
-        (Some(Refusal::Rejected(message)), _) => Ok(Some(message)),
+        (Some(Refusal::Rejected(message)), _) => Ok(Some(Admission::Rejected(message))),
+        (Some(Refusal::Quota(message)), _) => Ok(Some(Admission::WaitingForQuota(message))),
         // a pod the apiserver cannot take as sent is refused too
-        (_, kube::Error::Api(s)) if s.code == 400 => Ok(Some(s.message.clone())),
+        (_, kube::Error::Api(s)) if s.code == 400 => {
+            Ok(Some(Admission::Rejected(s.message.clone())))
+        }
         _ => Err(Error::DryRunPod { name, source }),
     }
 }
@@ -344,6 +380,12 @@ mod tests {
             refusal(&api(409, "exists")),
             Some(Refusal::AlreadyExists)
         ));
+        let quota = "pods \"b\" is forbidden: exceeded quota: builders, requested: pods=1, \
+                     used: pods=1, limited: pods=1";
+        assert!(matches!(refusal(&api(403, quota)), Some(Refusal::Quota(m)) if m == quota));
+        // a quota that needs limits the pod lacks is not waited for
+        let limits = "pods \"b\" is forbidden: failed quota: q: must specify limits.cpu";
+        assert!(rejected(&api(403, limits)).is_some());
     }
 
     #[test]

@@ -8,12 +8,13 @@ use kube::api::ObjectMeta;
 use kube::{Api, ResourceExt};
 use tracing::info;
 
+use super::execute::{dry_run_pod, Admission};
 use super::observe::{is_complete, observe, reported_digest, termination_message, PushCheck};
 use super::{publishing, Context, Error};
 use crate::api::{MultiArchImage, MultiArchImageStatus, PlatformPhase};
 use crate::builder::{platform_label, LABEL_BUILD, LABEL_IMAGE, LABEL_PLATFORM};
 use crate::git::{self, GitCredentials, GitError};
-use crate::plan::{needs_source, same_build, BuilderObservation, SourceResolution};
+use crate::plan::{needs_source, same_build, BuilderObservation, BuilderState, SourceResolution};
 use crate::validate::DesiredBuild;
 
 /// What the cluster and the source show for one object.
@@ -48,12 +49,46 @@ pub(super) async fn observe_object(
         builders.extend(observe(job, &pods, check));
     }
     super::redact::scrub_failures(ctx, obj, &mut builders).await?;
+    quota_waits(ctx, &jobs, &pods, &mut builders).await?;
     let source = if needs_source(desired, prev, &builders) {
         Some(resolve_source(ctx, obj).await?)
     } else {
         None
     };
     Ok(Observation::Seen { builders, source })
+}
+
+/// How long a Job may be without a pod before the operator asks why (the Job controller
+/// creates one within milliseconds when it can).
+const PODLESS_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3);
+
+/// Builders the Job controller could not give a pod: when the namespace's ResourceQuota is what
+/// refuses it (asked with a dry-run create of the Job's pod), the builder waits for quota, not
+/// for a node. This happens when two builders pass the quota check at once before either pod
+/// exists; the Job controller retries the pod with its own backoff (at most a minute apart).
+async fn quota_waits(
+    ctx: &Context,
+    jobs: &[Job],
+    pods: &[Pod],
+    builders: &mut [BuilderObservation],
+) -> Result<(), Error> {
+    let now = jiff::Timestamp::now();
+    for b in builders.iter_mut() {
+        let podless = matches!(b.state, BuilderState::WaitingForNode { message: None, .. })
+            && now.duration_since(b.created) >= PODLESS_GRACE;
+        let Some(job) = jobs.iter().find(|j| podless && j.name_any() == b.name) else {
+            continue;
+        };
+        let uid = job.metadata.uid.as_deref().unwrap_or_default();
+        if pods.iter().any(|p| owned_by(&p.metadata, uid)) {
+            continue;
+        }
+        let ns = job.namespace().unwrap_or_default();
+        if let Some(Admission::WaitingForQuota(message)) = dry_run_pod(ctx, &ns, job).await? {
+            b.state = BuilderState::WaitingForQuota { message };
+        }
+    }
+    Ok(())
 }
 
 /// The builder Jobs and Pods of one object, from the reflector stores: Jobs whose owner

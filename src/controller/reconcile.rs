@@ -45,7 +45,11 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
         Err(invalid) => {
             let status = invalid_spec_status(&prev, &invalid.0, obj.metadata.generation, now);
             let events = plan::events_between(&prev, &status);
-            let invalid = Executed { status, events };
+            let invalid = Executed {
+                status,
+                events,
+                retry_after: None,
+            };
             return report(&ctx, &obj, &prev, invalid, &[], None).await;
         }
     };
@@ -64,7 +68,11 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
     };
     let plan = plan::plan(&desired, &observed, now);
     let done = execute(&ctx, &obj, &desired, &prev, &plan, now).await?;
-    report(&ctx, &obj, &prev, done, &builders, plan.requeue_after).await
+    let requeue_after = match (plan.requeue_after, done.retry_after) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    report(&ctx, &obj, &prev, done, &builders, requeue_after).await
 }
 
 /// The report step: the status (when it changed), the Events, the build metrics, and when to look

@@ -41,6 +41,11 @@ fn platform_event(p: &PlatformStatus) -> Option<PlannedEvent> {
             Reason::WaitingForNode,
             format!("{} waits for a node: {}", p.platform, text(&p.message)),
         ),
+        (_, Some(Reason::WaitingForQuota)) => (
+            false,
+            Reason::WaitingForQuota,
+            format!("{} waits for quota: {}", p.platform, text(&p.message)),
+        ),
         (PlatformPhase::Building, _) => (
             false,
             Reason::Building,

@@ -54,7 +54,10 @@ use crate::validate::DesiredBuild;
 
 pub use conditions::{Conditions, Verdict};
 pub use events::events_between;
-pub use record::{invalid_spec_status, record_publish, record_rejected_builder, PublishOutcome};
+pub use record::{
+    invalid_spec_status, record_publish, record_quota_wait, record_rejected_builder,
+    PublishOutcome, QUOTA_RETRY,
+};
 
 /// The most of a builder's message kept in status.
 pub const MAX_MESSAGE_LEN: usize = 1024;
@@ -90,6 +93,9 @@ pub enum BuilderState {
         since: Timestamp,
         message: Option<String>,
     },
+    /// The Job has no pod because the namespace's ResourceQuota has no room for it now (the
+    /// quota's message); the Job controller creates it once quota frees up.
+    WaitingForQuota { message: String },
     /// Bound to a node, the container has not started yet.
     Starting { node: String },
     /// The container runs since `started`.

@@ -64,6 +64,7 @@ pub(super) fn plan(input: &Input<'_>) -> Step {
         BuilderState::WaitingForNode { since, message } => {
             waiting_for_node(input, latest, p, *since, message.as_deref())
         }
+        BuilderState::WaitingForQuota { message } => waiting_for_quota(input, p, message),
         BuilderState::Starting { node } => starting(p, node),
         BuilderState::Running { node, started } => running(input, latest, p, node, *started),
         BuilderState::Succeeded {
@@ -180,6 +181,18 @@ fn stop(mut p: PlatformStatus, latest: &BuilderObservation, reason: Reason, msg:
             message: msg,
         }),
         deadline: None,
+    }
+}
+
+/// Waiting for the namespace's quota: no deadline (a quota is a queue, not a verdict); looked at
+/// again every [`QUOTA_RETRY`](super::QUOTA_RETRY).
+fn waiting_for_quota(input: &Input<'_>, mut p: PlatformStatus, message: &str) -> Step {
+    p.reason = Some(Reason::WaitingForQuota);
+    p.message = Some(truncate_tail(message, MAX_MESSAGE_LEN));
+    Step {
+        status: p,
+        action: None,
+        deadline: Some(input.now + super::QUOTA_RETRY),
     }
 }
 

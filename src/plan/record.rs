@@ -47,6 +47,40 @@ pub fn record_rejected_builder(
     })
 }
 
+/// How soon a builder refused by the namespace's ResourceQuota is tried again.
+pub const QUOTA_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Marks a platform whose builder the namespace's ResourceQuota refused for now
+/// (`WaitingForQuota`): the platform stays `Pending` with the quota's message and the object stays
+/// in progress (`Reconciling`), so the builder is created once quota frees up (tried again every
+/// [`QUOTA_RETRY`]). Nothing fails: a quota is a queue, not a verdict.
+pub fn record_quota_wait(
+    status: &mut MultiArchImageStatus,
+    platform: &Platform,
+    message: &str,
+    now: Timestamp,
+) -> Vec<PlannedEvent> {
+    let text = truncate_tail(message, MAX_MESSAGE_LEN);
+    transition(status, now, |status| {
+        if let Some(p) = status
+            .platforms
+            .iter_mut()
+            .find(|p| p.platform == platform.to_string())
+        {
+            p.phase = PlatformPhase::Pending;
+            p.reason = Some(Reason::WaitingForQuota);
+            p.message = Some(text.clone());
+            p.builder = None;
+        }
+        let phase = match status.phase {
+            Some(Phase::Building) => Phase::Building,
+            _ => Phase::Pending,
+        };
+        let msg = format!("{platform} waits for quota: {text}");
+        Verdict::new(phase, Reason::WaitingForQuota, msg)
+    })
+}
+
 /// Changes `status` with `change`, which says the verdict, and returns the Events of the change.
 fn transition(
     status: &mut MultiArchImageStatus,
@@ -147,6 +181,55 @@ mod tests {
         assert!(events
             .iter()
             .all(|e| e.warning && e.reason == Reason::BuilderRejected));
+    }
+
+    #[test]
+    fn a_quota_refusal_waits_in_progress_and_is_told_once() {
+        let prev = MultiArchImageStatus {
+            platforms: vec![platform_status("linux/arm64")],
+            ..Default::default()
+        };
+        let platform: Platform = "linux/arm64".parse().unwrap();
+        let quota = "exceeded quota: builders, requested: pods=1, used: pods=1, limited: pods=1";
+        let mut status = prev.clone();
+        let events = record_quota_wait(&mut status, &platform, quota, t(0));
+        let p = &status.platforms[0];
+        assert_eq!(
+            (p.phase, p.reason, p.message.as_deref()),
+            (
+                PlatformPhase::Pending,
+                Some(Reason::WaitingForQuota),
+                Some(quota)
+            )
+        );
+        assert_eq!(status.phase, Some(Phase::Pending));
+        let condition = |s: &MultiArchImageStatus, t: &str| {
+            let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+            (c.status.clone(), c.reason.clone())
+        };
+        assert_eq!(
+            condition(&status, "Reconciling"),
+            ("True".into(), "WaitingForQuota".into())
+        );
+        assert_eq!(
+            condition(&status, "Ready"),
+            ("False".into(), "WaitingForQuota".into())
+        );
+        assert!(!status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True"));
+        assert_eq!(events.len(), 1);
+        assert!(!events[0].warning);
+        assert!(events[0].note.contains("pods=1"), "{}", events[0].note);
+        // the next reconcile plans the builder again and is refused again: the same status (no
+        // write) and, from the status it read, no Event
+        let mut next = status.clone();
+        next.platforms[0].reason = None;
+        next.platforms[0].message = Some("creating the builder".into());
+        record_quota_wait(&mut next, &platform, quota, t(10));
+        assert_eq!(next, status);
+        assert!(crate::plan::events_between(&status, &next).is_empty());
     }
 
     #[test]

@@ -95,14 +95,16 @@ fn in_progress(platforms: &[PlatformStatus]) -> Verdict {
     } else {
         Phase::Pending
     };
-    match platforms
-        .iter()
-        .find(|p| p.reason == Some(Reason::WaitingForNode))
-    {
-        Some(w) => {
+    let waiting = platforms.iter().find_map(|p| match p.reason {
+        Some(Reason::WaitingForNode) => Some((p, Reason::WaitingForNode, "a node")),
+        Some(Reason::WaitingForQuota) => Some((p, Reason::WaitingForQuota, "quota")),
+        _ => None,
+    });
+    match waiting {
+        Some((w, reason, what)) => {
             let why = w.message.as_deref().unwrap_or("not scheduled yet");
-            let msg = format!("{} waits for a node: {why}", w.platform);
-            Verdict::new(phase, Reason::WaitingForNode, msg)
+            let msg = format!("{} waits for {what}: {why}", w.platform);
+            Verdict::new(phase, reason, msg)
         }
         None => {
             let built = platforms

@@ -12,6 +12,7 @@ mod hostile;
 mod karpenter;
 mod lifecycle;
 mod nodes;
+mod quota;
 mod release;
 mod secrets;
 mod source;
