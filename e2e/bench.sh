@@ -7,8 +7,14 @@
 #   2. With IDLE finished MultiArchImage objects: the operator's memory (VmRSS and peak VmHWM from
 #      /proc) once its caches are synced and every object was reconciled, the requests it made at
 #      start-up, and the API writes it made over an idle window (the target is zero).
+#   3. On real Karpenter (builders may use only the nodes it launches), KARPENTER_RUNS two-platform
+#      builds from no Karpenter node: apply -> a NodeClaim per architecture, -> each builder bound
+#      to a node, -> Ready, and the last builder finished -> the nodes gone (consolidation).
 #
-#   e2e/bench.sh             BUILDS=5 IDLE=1000 IDLE_WINDOW=60 by default
+# Parts 1 and 2 keep builders on the environment's static nodes (the static-node mode, for what
+# needs many builders at once); part 3 gives them to Karpenter.
+#
+#   e2e/bench.sh             BUILDS=5 IDLE=1000 IDLE_WINDOW=60 KARPENTER_RUNS=2 by default
 #
 # It uses the release build of the operator (cargo build --release). Timed figures vary with
 # the machine; nothing here fails on a number.
@@ -16,7 +22,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 state=${E2E_STATE:-/tmp/multiarch-e2e}
-BUILDS=${BUILDS:-5} IDLE=${IDLE:-1000} IDLE_WINDOW=${IDLE_WINDOW:-60}
+BUILDS=${BUILDS:-5} IDLE=${IDLE:-1000} IDLE_WINDOW=${IDLE_WINDOW:-60} KARPENTER_RUNS=${KARPENTER_RUNS:-2}
 METRICS=127.0.0.1:18191 HEALTH=127.0.0.1:18181
 
 (cd "$root" && cargo build --release -q)
@@ -32,9 +38,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start() {
+start() { # [karpenter]: builders go to Karpenter's nodes instead of the static ones
+  local placement=(--builder-node-selector "$E2E_STATIC_KEY=true"
+    --builder-tolerations "[{\"key\":\"$E2E_STATIC_KEY\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}]")
+  [ "${1:-}" != karpenter ] || placement=()
   KUBECONFIG="$E2E_OPERATOR_KUBECONFIG" "$OPERATOR" run --registry-plain-http --health-addr $HEALTH \
-    --metrics-addr $METRICS --log-level warn >>"$state/bench-operator.log" 2>&1 </dev/null &
+    --metrics-addr $METRICS --log-level warn "${placement[@]}" >>"$state/bench-operator.log" 2>&1 </dev/null &
   pid=$!
   until curl -sf "http://$HEALTH/readyz" >/dev/null; do sleep 0.2; done
 }
@@ -133,4 +142,56 @@ after=$(requests)
 echo "  over ${IDLE_WINDOW}s idle: $(delta "$before" "$after" 1)"
 echo "  memory after the idle window: $(mem "$pid")"
 echo "  objects by phase: $(curl -sf "http://$METRICS/metrics" | awk '/^multiarch_objects\{/ {printf "%s ", $0}')"
+stop
+
+echo "== real Karpenter: $KARPENTER_RUNS two-platform builds, each from no Karpenter node"
+kubectl delete mai -n bench --all --wait=false >/dev/null
+start karpenter
+for i in $(seq "$KARPENTER_RUNS"); do
+  until [ "$(kubectl get nodeclaims -o name | wc -l)" -eq 0 ]; do sleep 1; done
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: multiarch.dev/v1alpha1
+kind: MultiArchImage
+metadata: {name: karpenter-$i, namespace: bench}
+spec:
+  source: {git: {url: "$E2E_GIT_URL", revision: main}}
+  image: $E2E_REGISTRY/bench/karpenter
+  tags: ["$i.0.0"]
+  platforms: [linux/amd64, linux/arm64]
+  buildArgs: [{name: RUN, value: "karpenter-$i"}]
+EOF
+  python3 - "karpenter-$i" <<'EOF'
+# polls the apiserver (kubectl) every 0.2 s and prints when each step was first seen
+import json, subprocess, sys, time
+name, t0 = sys.argv[1], time.time()
+get = lambda *a: json.loads(subprocess.run(["kubectl", "get", *a, "-o", "json"], check=True, capture_output=True, text=True).stdout)
+seen, finished = {}, None
+def mark(key):
+    seen.setdefault(key, time.time() - t0)
+while time.time() - t0 < 300:
+    claims = get("nodeclaims")["items"]
+    for c in claims:
+        for r in c["spec"].get("requirements", []):
+            if r["key"] == "kubernetes.io/arch" and len(r.get("values", [])) == 1:
+                mark("nodeclaim " + r["values"][0])
+    for p in get("pods", "-n", "bench", "-l", "multiarch.dev/image=" + name)["items"]:
+        arch = p["spec"].get("nodeSelector", {}).get("kubernetes.io/arch", "?")
+        if p["spec"].get("nodeName"):
+            mark("bound " + arch)
+        for s in p.get("status", {}).get("containerStatuses", []):
+            if s.get("state", {}).get("terminated"):
+                finished = max(finished or 0, time.time() - t0)
+    conditions = get("mai", "-n", "bench", name).get("status", {}).get("conditions", [])
+    if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+        mark("Ready")
+    if "Ready" in seen and not claims:
+        mark("nodes gone")
+        break
+    time.sleep(0.2)
+steps = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(seen.items(), key=lambda kv: kv[1]))
+print(f"  {name}: from apply: {steps}")
+if finished is not None and "nodes gone" in seen:
+    print(f"  {name}: last builder finished -> nodes gone {seen['nodes gone'] - finished:.1f}s")
+EOF
+done
 stop

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use multiarch_operator::api_client::Fence;
 use multiarch_operator::config::{
     parse_duration, BuilderDefaults, Guardrails, DEFAULT_BUILDER_IMAGE,
 };
@@ -204,7 +205,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format);
     let settings = settings(&args)?;
     let metrics = Metrics::new();
-    let client = client(&args, &metrics).await?;
+    // with leader election, everything but the Lease goes through the leader's fence
+    let fence = match settings.leader_election {
+        Some(_) => Fence::closed(),
+        None => Fence::unfenced(),
+    };
+    let clients = multiarch_operator::controller::Clients {
+        api: client(&args, &metrics, fence.clone()).await?,
+        lease: client(&args, &metrics, Fence::unfenced()).await?,
+        fence,
+    };
     let readiness = multiarch_operator::health::Readiness::default();
     let health = tokio::spawn(multiarch_operator::health::serve(
         args.health_addr,
@@ -214,7 +224,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.metrics_addr,
         metrics.clone(),
     ));
-    let result = multiarch_operator::controller::run(client, settings, readiness, metrics).await;
+    let result = multiarch_operator::controller::run(clients, settings, readiness, metrics).await;
     metrics_server.abort();
     health.abort();
     result
@@ -226,7 +236,7 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
     let instance = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "multiarch-operator".into());
-    let leader_election = leader_election(args, &instance)?;
+    let leader_election = leader_election(args, &unique_identity(&instance))?;
     Ok(Settings {
         namespaces: args.namespace.iter().cloned().collect(),
         concurrency: args.concurrency,
@@ -271,6 +281,22 @@ fn builder_defaults(args: &RunArgs) -> anyhow::Result<BuilderDefaults> {
     Ok(defaults)
 }
 
+/// This process's leader election identity: its pod name followed by a random suffix, so that two
+/// processes never share one (replicas without `POD_NAME` or `HOSTNAME`, or a restarted process
+/// in the same pod, whose predecessor's Lease record must not be taken for its own).
+fn unique_identity(instance: &str) -> String {
+    let mut bytes = [0u8; 4];
+    // without randomness, the process id and the clock still tell processes apart
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        bytes = (nanos ^ std::process::id()).to_be_bytes();
+    }
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{instance}_{suffix}")
+}
+
 /// Leader election, when `--leader-elect` is set, with this replica's identity `instance`.
 fn leader_election(args: &RunArgs, instance: &str) -> anyhow::Result<Option<LeaderElection>> {
     if !args.leader_elect {
@@ -295,11 +321,12 @@ fn leader_election(args: &RunArgs, instance: &str) -> anyhow::Result<Option<Lead
 
 /// A Kubernetes client from the environment (in-cluster or kubeconfig) whose calls time out after
 /// `--api-timeout` and are counted in the metrics.
-async fn client(args: &RunArgs, metrics: &Metrics) -> anyhow::Result<kube::Client> {
+async fn client(args: &RunArgs, metrics: &Metrics, fence: Fence) -> anyhow::Result<kube::Client> {
     let counter = metrics.clone();
     let client = multiarch_operator::api_client::build(
         kube::Config::infer().await?,
         parse_duration(&args.api_timeout)?,
+        fence,
         move |req| counter.api_request(req),
     )?;
     Ok(client)

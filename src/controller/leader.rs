@@ -7,9 +7,13 @@
 //!   cannot make two leaders);
 //! - every write carries the `resourceVersion` that was read, so of two replicas racing for the
 //!   same Lease the apiserver lets exactly one win;
-//! - the leader renews every [`RETRY_PERIOD`]; when it has not renewed for the renew deadline
-//!   (two thirds of the lease duration) it stops reconciling and the process exits, before any
-//!   other replica can consider the Lease expired;
+//! - the leader renews every [`RETRY_PERIOD`]; each successful renewal opens the leader's
+//!   [`Fence`] until the renewal's start plus the renew deadline (two thirds of the lease
+//!   duration), and every request of the controller goes through that fence: none is sent after
+//!   it closes, and one in flight is abandoned when it does. Kubernetes has no fencing token, so
+//!   this is the fence: by time, with a third of the lease as the margin before any other replica
+//!   can consider the Lease expired. A renewal is itself abandoned at the fence, and then the
+//!   leader stops at once (reconciles in flight dropped) and the process exits;
 //! - on a graceful shutdown the leader releases the Lease, so a standby takes over at its next
 //!   try instead of waiting for the lease to expire.
 //!
@@ -21,6 +25,8 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+
+use crate::api_client::Fence;
 use tracing::{info, warn};
 
 /// How often the leader renews, and how often a standby tries to take the Lease.
@@ -91,14 +97,18 @@ pub struct Elector {
     api: Api<Lease>,
     settings: LeaderElection,
     observed: Option<(Record, Instant)>,
+    fence: Fence,
 }
 
 impl Elector {
-    pub fn new(client: Client, settings: LeaderElection) -> Self {
+    /// An elector for `client` (not behind `fence`: a standby must reach the Lease) that opens
+    /// `fence` while it leads.
+    pub fn new(client: Client, settings: LeaderElection, fence: Fence) -> Self {
         Elector {
             api: Api::namespaced(client, &settings.namespace),
             settings,
             observed: None,
+            fence,
         }
     }
 
@@ -121,6 +131,16 @@ impl Elector {
     /// One try: true when this replica holds the Lease afterwards. A write that lost a race
     /// (409 Conflict) is "not the leader", not an error.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let started = Instant::now();
+        let held = self.try_once().await?;
+        if held {
+            self.fence
+                .open_until(started + self.settings.renew_deadline());
+        }
+        Ok(held)
+    }
+
+    async fn try_once(&mut self) -> Result<bool, kube::Error> {
         let current = match self.api.get_opt(&self.settings.lease).await? {
             Some(lease) => lease,
             None => {
@@ -194,27 +214,33 @@ impl Elector {
         }
     }
 
-    /// Renews until a renewal has not succeeded for the renew deadline; returns then.
+    /// Renews every [`RETRY_PERIOD`] until the fence closes (no renewal succeeded within the
+    /// renew deadline; a renewal still in flight then is abandoned) or another replica holds the
+    /// Lease; closes the fence and returns then.
     pub async fn keep(&mut self) {
-        let mut last = Instant::now();
         loop {
-            tokio::time::sleep(RETRY_PERIOD).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last = Instant::now(),
-                Ok(false) => {
+            let until = self.fence.until().unwrap_or_else(Instant::now);
+            let next = (Instant::now() + RETRY_PERIOD).min(until);
+            tokio::time::sleep_until(next.into()).await;
+            if Instant::now() >= until {
+                break;
+            }
+            match tokio::time::timeout_at(until.into(), self.try_acquire_or_renew()).await {
+                Err(_) => break,
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
                     warn!("another replica holds the lease");
+                    self.fence.close();
                     return;
                 }
-                Err(e) => warn!("renewing the lease: {e}"),
-            }
-            if last.elapsed() >= self.settings.renew_deadline() {
-                warn!(
-                    "the lease was not renewed for {:?}",
-                    self.settings.renew_deadline()
-                );
-                return;
+                Ok(Err(e)) => warn!("renewing the lease: {e}"),
             }
         }
+        self.fence.close();
+        warn!(
+            "the lease was not renewed within the renew deadline ({:?}): stopping",
+            self.settings.renew_deadline()
+        );
     }
 
     /// Gives the Lease up (graceful shutdown), if this replica still holds it.

@@ -118,7 +118,7 @@ where
 enum Stop {
     /// SIGTERM or SIGINT: finish the reconciles in flight, release the lease, exit 0.
     Signal,
-    /// The lease could not be renewed in time: stop reconciling and exit with an error, so that
+    /// The lease could not be renewed in time: stop at once and exit with an error, so that
     /// this replica never races a new leader.
     LostLease,
 }
@@ -140,10 +140,23 @@ async fn shutdown_signal() {
     info!("shutting down");
 }
 
+/// The controller's clients: `api` for everything it reads and writes, behind the leader's
+/// `fence`; `lease` for the Lease alone (a standby must reach it before it leads).
+pub struct Clients {
+    pub api: Client,
+    pub lease: Client,
+    pub fence: crate::api_client::Fence,
+}
+
 /// Runs the controller until SIGTERM/SIGINT (or, with leader election, until the lease is lost).
 /// `readiness` is set while waiting as a standby, and for the leader once its caches synced.
+///
+/// Losing the lease stops everything at once: the fence is closed (no request leaves any more),
+/// the reconciles in flight are dropped, whatever they were doing (every step is safe to cut:
+/// the next leader resumes from what the cluster and the registry show), and the process exits
+/// with an error.
 pub async fn run(
-    client: Client,
+    clients: Clients,
     settings: Settings,
     readiness: crate::health::Readiness,
     metrics: Metrics,
@@ -151,7 +164,8 @@ pub async fn run(
     let mut signal = Box::pin(shutdown_signal());
     let mut elector = match settings.leader_election.clone() {
         Some(le) => {
-            let mut elector = leader::Elector::new(client.clone(), le);
+            let mut elector =
+                leader::Elector::new(clients.lease.clone(), le, clients.fence.clone());
             // a standby is ready: it serves health and metrics and waits for the lease
             readiness.set(true);
             metrics.set_leader(false);
@@ -167,6 +181,7 @@ pub async fn run(
     metrics.set_leader(true);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let supervisor_metrics = metrics.clone();
     let supervisor = tokio::spawn(async move {
@@ -182,11 +197,13 @@ pub async fn run(
         };
         if cause == Stop::LostLease {
             supervisor_metrics.set_leader(false);
+            let _ = lost_tx.send(());
+            return cause;
         }
         let _ = stop_tx.send(cause);
         // release only once no reconcile runs any more
         let _ = done_rx.await;
-        if let (Stop::Signal, Some(e)) = (cause, elector.as_mut()) {
+        if let Some(e) = elector.as_mut() {
             e.release().await;
         }
         cause
@@ -195,12 +212,20 @@ pub async fn run(
     let stop = async move {
         let _ = stop_rx.await;
     };
-    run_controller(client, settings, readiness, metrics, stop).await?;
-    let _ = done_tx.send(());
+    let controller = run_controller(clients.api, settings, readiness, metrics, stop);
+    tokio::select! {
+        finished = controller => {
+            finished?;
+            let _ = done_tx.send(());
+        }
+        // dropping the controller drops every reconcile in flight
+        Ok(()) = lost_rx => {}
+    }
     match supervisor.await? {
         Stop::Signal => Ok(()),
         Stop::LostLease => anyhow::bail!(
-            "lost the leader lease: stopped reconciling so that the new leader is the only one"
+            "lost the leader lease: stopped at once (the fence closed, reconciles in flight \
+             dropped) so that the new leader is the only one writing"
         ),
     }
 }

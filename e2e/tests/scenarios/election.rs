@@ -22,6 +22,15 @@ struct Replica {
 }
 
 fn start_replica(name: &'static str, health: u16, metrics: u16) -> Replica {
+    start_replica_with(name, health, metrics, &env().operator_kubeconfig)
+}
+
+fn start_replica_with(
+    name: &'static str,
+    health: u16,
+    metrics: u16,
+    kubeconfig: &std::path::Path,
+) -> Replica {
     let log = env().state.join(format!("replica-{name}.log"));
     let _ = std::fs::remove_file(&log);
     let args: Vec<String> = [
@@ -43,10 +52,7 @@ fn start_replica(name: &'static str, health: u16, metrics: u16) -> Replica {
     .collect();
     let vars = [
         ("POD_NAME".to_string(), format!("replica-{name}")),
-        (
-            "KUBECONFIG".to_string(),
-            env().operator_kubeconfig.display().to_string(),
-        ),
+        ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
     ];
     let pid = operator::spawn(&args, &vars, &log);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -188,7 +194,7 @@ async fn one_replica_leads_and_a_killed_leader_hands_over_within_the_lease() {
         .await
         .expect("replica a");
     s.poll("replica-a holds the Lease", 30, || async {
-        (try_holder()? == "replica-a").then_some(())
+        try_holder()?.starts_with("replica-a_").then_some(())
     })
     .await;
     let b = tokio::task::spawn_blocking(|| start_replica("b", 18083, 18093))
@@ -197,7 +203,11 @@ async fn one_replica_leads_and_a_killed_leader_hands_over_within_the_lease() {
     // while both run, the holder never changes (watched over more than two renewals)
     let window = Instant::now();
     while window.elapsed() < Duration::from_secs(5) {
-        assert_eq!(holder(), "replica-a", "holder while both run");
+        let held_by = holder();
+        assert!(
+            held_by.starts_with("replica-a_"),
+            "holder while both run: {held_by}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(
@@ -235,7 +245,7 @@ async fn one_replica_leads_and_a_killed_leader_hands_over_within_the_lease() {
         .await
         .expect("killing a");
     s.poll("replica-b takes the Lease", LEASE_SECONDS * 3, || async {
-        (try_holder()? == "replica-b").then_some(())
+        try_holder()?.starts_with("replica-b_").then_some(())
     })
     .await;
     let handover = killed.elapsed();
@@ -289,4 +299,243 @@ fn samples_are_parsed_with_their_labels() {
         writes("multiarch_kube_api_requests_total{verb=\"get\"} 3\n"),
         0.0
     );
+}
+
+/// The leader's proxy: `e2e/apiproxy/proxy.py` between replica-a and the apiserver, logging every
+/// request, holding Lease writes while `hold` exists.
+struct ApiProxy {
+    log: std::path::PathBuf,
+    hold: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Drop for ApiProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request the proxy passed on, with the apiserver's answer.
+#[derive(serde::Deserialize, Debug)]
+struct Passed {
+    method: String,
+    path: String,
+    answered: f64,
+    status: u16,
+}
+
+impl ApiProxy {
+    fn start(port: u16) -> ApiProxy {
+        let state = &env().state;
+        let (log, hold) = (state.join("apiproxy.jsonl"), state.join("apiproxy.hold"));
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&hold);
+        // the operator's kubeconfig (one line names the cluster), pointed at the proxy
+        let original = std::fs::read_to_string(&env().operator_kubeconfig).expect("kubeconfig");
+        let cluster = original
+            .lines()
+            .find(|l| l.contains("server:"))
+            .expect("a server line");
+        let quoted = |key: &str| {
+            let rest = &cluster[cluster.find(key).expect(key) + key.len()..];
+            rest.split('"').nth(1).expect("a quoted value").to_string()
+        };
+        let upstream = quoted("server:").trim_start_matches("https://").to_string();
+        let ca = quoted("certificate-authority:");
+        let proxied = format!("  cluster: {{server: \"http://127.0.0.1:{port}\"}}");
+        let kubeconfig = state.join("proxied.kubeconfig");
+        std::fs::write(&kubeconfig, original.replace(cluster, &proxied)).expect("writing");
+        let script = env().root.join("e2e/apiproxy/proxy.py");
+        let child = std::process::Command::new("python3")
+            .arg(script)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &upstream,
+            ])
+            .args(["--ca", &ca])
+            .arg("--log")
+            .arg(&log)
+            .arg("--hold-file")
+            .arg(&hold)
+            .spawn()
+            .expect("starting the proxy");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the proxy did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ApiProxy {
+            log,
+            hold,
+            kubeconfig,
+            child,
+        }
+    }
+
+    fn passed(&self) -> Vec<Passed> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a proxy log line"))
+            .collect()
+    }
+}
+
+fn is_write(p: &Passed) -> bool {
+    ["POST", "PUT", "PATCH", "DELETE"].contains(&p.method.as_str())
+}
+
+/// The Lease's `acquireTime` and holder.
+async fn lease_acquired(s: &Scenario) -> (String, f64) {
+    let lease = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        s.client.clone(),
+        LEASE_NS,
+    )
+    .get("multiarch-operator")
+    .await
+    .expect("reading the Lease");
+    let spec = lease.spec.expect("a Lease spec");
+    let at = spec.acquire_time.expect("an acquire time").0;
+    (
+        spec.holder_identity.unwrap_or_default(),
+        at.as_millisecond() as f64 / 1000.0,
+    )
+}
+
+/// A leader whose Lease renewals are held on the way (by a proxy between it and the apiserver,
+/// while its other requests pass) fences itself: it sends no write after its last renewal plus
+/// the renew deadline, drops its reconciles in flight and exits; the standby takes the Lease only
+/// after that, and finishes the work. Measured on the proxy's log against the Lease's
+/// `acquireTime`: no write of the old leader is answered after the standby acquired the Lease.
+#[tokio::test]
+async fn a_leader_whose_renewals_are_held_stops_writing_before_the_standby_takes_over() {
+    let s = Scenario::start("leader_fencing", "e2e-fencing", Access::Exclusive).await;
+    tokio::task::spawn_blocking(|| operator::stop("TERM"))
+        .await
+        .expect("stopping the default operator");
+    let _ = try_kubectl(
+        &[
+            "delete",
+            "lease",
+            "-n",
+            LEASE_NS,
+            "multiarch-operator",
+            "--ignore-not-found",
+        ],
+        None,
+    );
+    let proxy = tokio::task::spawn_blocking(|| ApiProxy::start(18100))
+        .await
+        .expect("the proxy");
+    let kubeconfig = proxy.kubeconfig.clone();
+    let a = tokio::task::spawn_blocking(move || start_replica_with("a", 18084, 18094, &kubeconfig))
+        .await
+        .expect("replica a");
+    s.poll("replica-a holds the Lease", 30, || async {
+        try_holder()?.starts_with("replica-a_").then_some(())
+    })
+    .await;
+    let b = tokio::task::spawn_blocking(|| start_replica("b", 18085, 18095))
+        .await
+        .expect("replica b");
+
+    // objects keep arriving, so the leader always has something to write
+    let names: Vec<String> = (0..12).map(|i| format!("w{i}")).collect();
+    let writer = {
+        let (mais, ns, names) = (s.mais(), s.ns.clone(), names.clone());
+        tokio::spawn(async move {
+            for name in names {
+                let m = multiarch_e2e::mai(&ns, &name, &["linux/amd64"]);
+                let pp = kube::api::PatchParams::apply("e2e").force();
+                mais.patch(&name, &pp, &kube::api::Patch::Apply(&m))
+                    .await
+                    .expect("applying");
+                tokio::time::sleep(Duration::from_millis(750)).await;
+            }
+        })
+    };
+    s.poll("replica-a writing through the proxy", 30, || async {
+        proxy
+            .passed()
+            .iter()
+            .any(|p| is_write(p) && !p.path.contains("/leases/") && p.status < 300)
+            .then_some(())
+    })
+    .await;
+
+    std::fs::write(&proxy.hold, b"").expect("holding the renewals");
+    let held_at = Instant::now();
+    s.poll("replica-b takes the Lease", LEASE_SECONDS * 4, || async {
+        try_holder()?.starts_with("replica-b_").then_some(())
+    })
+    .await;
+    progress(format!(
+        "    standby took the Lease {:.1} s after the renewals were held (lease {LEASE_SECONDS} s)",
+        held_at.elapsed().as_secs_f64()
+    ));
+    let a_pid = a.pid;
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while operator::alive(a_pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        operator::exit_code(a_pid)
+    })
+    .await
+    .expect("waiting for replica a");
+    let a_log = std::fs::read_to_string(&a.log).unwrap_or_default();
+    assert!(
+        a_log.contains("lost the leader lease"),
+        "replica-a says why it stopped: {}",
+        tail(&a.log)
+    );
+    assert!(
+        matches!(exit, Some(code) if code != 0),
+        "replica-a exited with an error by itself: {exit:?}"
+    );
+    // the held renewals go on now, late: the Lease moved on, so they must not land
+    std::fs::remove_file(&proxy.hold).expect("releasing the renewals");
+    writer.await.expect("the writer");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (holder, acquired) = lease_acquired(&s).await;
+    assert!(holder.starts_with("replica-b_"), "holder {holder}");
+    let passed = proxy.passed();
+    let writes: Vec<&Passed> = passed
+        .iter()
+        .filter(|p| is_write(p) && p.status < 300)
+        .collect();
+    let last = writes.iter().map(|p| p.answered).fold(f64::MIN, f64::max);
+    assert!(writes.len() > 3, "the old leader wrote: {writes:?}");
+    progress(format!(
+        "    old leader's last write answered {:.2} s before the standby acquired the Lease \
+         ({} writes through the proxy)",
+        acquired - last,
+        writes.len()
+    ));
+    assert!(
+        last < acquired,
+        "a write of the old leader landed {:.2} s after the standby acquired the Lease: {:?}",
+        last - acquired,
+        writes
+            .iter()
+            .filter(|p| p.answered >= acquired)
+            .collect::<Vec<_>>()
+    );
+
+    // the standby finishes the work
+    for name in &names {
+        s.wait_ready(name, 120).await;
+    }
+    assert_eq!(
+        metric(&b.scrape(), "multiarch_leader"),
+        Some(1.0),
+        "replica-b leads"
+    );
+    drop(b);
+    drop(a);
 }
