@@ -487,16 +487,6 @@ async fn a_leader_whose_renewals_are_held_stops_writing_before_the_standby_takes
     })
     .await
     .expect("waiting for replica a");
-    let a_log = std::fs::read_to_string(&a.log).unwrap_or_default();
-    assert!(
-        a_log.contains("lost the leader lease"),
-        "replica-a says why it stopped: {}",
-        tail(&a.log)
-    );
-    assert!(
-        matches!(exit, Some(code) if code != 0),
-        "replica-a exited with an error by itself: {exit:?}"
-    );
     // the held renewals go on now, late: the Lease moved on, so they must not land
     std::fs::remove_file(&proxy.hold).expect("releasing the renewals");
     writer.await.expect("the writer");
@@ -525,6 +515,17 @@ async fn a_leader_whose_renewals_are_held_stops_writing_before_the_standby_takes
             .iter()
             .filter(|p| p.answered >= acquired)
             .collect::<Vec<_>>()
+    );
+
+    let a_log = std::fs::read_to_string(&a.log).unwrap_or_default();
+    assert!(
+        a_log.contains("lost the leader lease"),
+        "replica-a says why it stopped: {}",
+        tail(&a.log)
+    );
+    assert!(
+        matches!(exit, Some(code) if code != 0),
+        "replica-a exited with an error by itself: {exit:?}"
     );
 
     // the standby finishes the work
