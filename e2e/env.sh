@@ -2,7 +2,8 @@
 # The end-to-end environment: a real Kubernetes control plane on loopback (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, built from pinned Go modules), KWOK simulating amd64 and
 # arm64 nodes, a real OCI registry (Debian's docker-registry), the sample service over git:// (git
-# daemon) and over smart HTTP (git http-backend, one copy behind basic authentication), and the
+# daemon) and over smart HTTP (git http-backend, one copy behind basic authentication), real
+# Karpenter (its KWOK cloud provider), real Flux (source-controller, kustomize-controller), and the
 # builder test double (e2e/builder-double/double.py).
 #
 #   e2e/env.sh up [--no-arm64]      start everything (stops a previous run first)
@@ -20,6 +21,8 @@ state=${E2E_STATE:-/tmp/multiarch-e2e}
 etcd_data=/dev/shm/multiarch-e2e-etcd
 API_PORT=16443 ETCD_PORT=12379 ETCD_PEER_PORT=12380 REGISTRY_PORT=15001 GIT_PORT=19418 GIT_HTTP_PORT=19419
 KCM_PORT=20257 SCHED_PORT=20259 KWOK_PORT=20263 KARPENTER_METRICS_PORT=20280 KARPENTER_HEALTH_PORT=20281
+FLUX_STORAGE_PORT=20290 FLUX_SOURCE_METRICS_PORT=20291 FLUX_SOURCE_HEALTH_PORT=20292
+FLUX_KUSTOMIZE_METRICS_PORT=20293 FLUX_KUSTOMIZE_HEALTH_PORT=20294
 # the static nodes' taint and label: fixtures (the chart's operator pod) and static-node builders
 # (the operator's default in the suite) tolerate and select them; Karpenter's NodePool offers
 # neither, so it never launches a node for them, and its own nodes never take them
@@ -214,6 +217,7 @@ EOF
   python3 "$here/buildkit/base_images.py" "127.0.0.1:$REGISTRY_PORT"
 
   karpenter
+  flux
   wait_for "default ServiceAccount" 60 kubectl get serviceaccount default -n default
   add_node amd64 kwok-amd64-1
   $arm64 && add_node arm64 kwok-arm64-1
@@ -266,6 +270,25 @@ karpenter() { # real Karpenter (KWOK cloud provider), its CRDs, a node class and
   wait_for karpenter 60 curl -sf "http://127.0.0.1:$KARPENTER_HEALTH_PORT/readyz"
   kubectl apply -f "$here/karpenter/nodepool.yaml" >/dev/null
   log "karpenter is ready"
+}
+
+flux() { # real Flux: source-controller and kustomize-controller out of cluster, and their CRDs
+  local crds
+  crds=$(dirname "$bin")/flux-crds
+  kubectl apply --server-side -f "$crds" >/dev/null
+  kubectl wait --for condition=established --timeout=60s -f "$crds" >/dev/null
+  kubectl create namespace flux-system >/dev/null
+  rm -rf "$state/flux-storage"; mkdir -p "$state/flux-storage"
+  start source-controller env KUBECONFIG="$state/admin.kubeconfig" RUNTIME_NAMESPACE=flux-system \
+    source-controller --watch-all-namespaces --storage-path="$state/flux-storage" \
+    --storage-addr="127.0.0.1:$FLUX_STORAGE_PORT" --storage-adv-addr="127.0.0.1:$FLUX_STORAGE_PORT" \
+    --metrics-addr="127.0.0.1:$FLUX_SOURCE_METRICS_PORT" --health-addr="127.0.0.1:$FLUX_SOURCE_HEALTH_PORT"
+  start kustomize-controller env KUBECONFIG="$state/admin.kubeconfig" RUNTIME_NAMESPACE=flux-system \
+    kustomize-controller --watch-all-namespaces \
+    --metrics-addr="127.0.0.1:$FLUX_KUSTOMIZE_METRICS_PORT" --health-addr="127.0.0.1:$FLUX_KUSTOMIZE_HEALTH_PORT"
+  wait_for source-controller 60 curl -sf "http://127.0.0.1:$FLUX_SOURCE_HEALTH_PORT/readyz"
+  wait_for kustomize-controller 60 curl -sf "http://127.0.0.1:$FLUX_KUSTOMIZE_HEALTH_PORT/readyz"
+  log "flux is ready"
 }
 
 down() {

@@ -306,6 +306,11 @@ pub struct MultiArchImageStatus {
     /// The tags the index was last published to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published_tags: Vec<String>,
+
+    /// Since when the git server of a build that has not started could not be reached (set while
+    /// it cannot; the object stalls after the operator's `--source-stall-after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_unreachable_since: Option<Time>,
 }
 
 /// The identity of a build.

@@ -76,6 +76,11 @@ struct RunArgs {
     /// again, so that a fixed Secret or a pushed branch is noticed without a spec change.
     #[arg(long, env = "MULTIARCH_SOURCE_RETRY_INTERVAL", default_value = "1m")]
     source_retry_interval: String,
+    /// How long a git server that cannot be reached (refused, timed out, failing) keeps a new
+    /// build in progress (`Reconciling`, retried every 15 s) before the object stalls
+    /// (`Stalled`/`SourceUnavailable`, still retried at the source retry interval).
+    #[arg(long, env = "MULTIARCH_SOURCE_STALL_AFTER", default_value = "5m")]
+    source_stall_after: String,
     /// How long a call to the Kubernetes API may go unanswered (and connecting and sending
     /// take) before it fails and is retried.
     #[arg(long, env = "MULTIARCH_API_TIMEOUT", default_value = "15s")]
@@ -247,6 +252,7 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
         registry_ca_file: args.registry_ca_file.clone(),
         leader_election,
         source_retry: parse_duration(&args.source_retry_interval)?,
+        source_stall_after: parse_duration(&args.source_stall_after)?,
     })
 }
 

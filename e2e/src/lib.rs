@@ -14,6 +14,7 @@
 
 pub mod cmd;
 pub mod env;
+pub mod kstatus;
 pub mod operator;
 pub mod registry;
 pub mod scenario;

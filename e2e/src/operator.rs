@@ -168,6 +168,8 @@ pub fn start(options: &Options) -> u32 {
         "15m",
         "--source-retry-interval",
         "5s",
+        "--source-stall-after",
+        "20s",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -25,6 +25,9 @@ tool_module() {
     crane) echo "github.com/google/go-containerregistry $CRANE_VERSION";;
     buildkit) echo "github.com/moby/buildkit $BUILDKIT_VERSION";;
     karpenter) echo "sigs.k8s.io/karpenter $KARPENTER_VERSION";;
+    flux) echo "github.com/fluxcd/kustomize-controller $FLUX_VERSION";;
+    # the verdict program: keyed by the library's version and the program's own source
+    kstatus) echo "github.com/fluxcd/cli-utils $KSTATUS_VERSION-$(sha256sum "$here/flux/kstatus/main.go" | cut -c1-12)";;
     *) echo "unknown tool $1" >&2; return 2;;
   esac
 }
@@ -37,6 +40,15 @@ tool_packages() {
     crane) echo github.com/google/go-containerregistry/cmd/crane;;
     buildkit) echo github.com/moby/buildkit/cmd/{buildkitd,buildctl};;
     karpenter) echo sigs.k8s.io/karpenter/kwok;;
+    flux) echo github.com/fluxcd/{source-controller,kustomize-controller};;
+    kstatus) echo ./kstatus;;
+  esac
+}
+# the folder of a tool's Go module (the kstatus program lives in Flux's tools module)
+tool_dir() {
+  case $1 in
+    kstatus) echo "$here/flux";;
+    *) echo "$here/$1";;
   esac
 }
 # the Go toolchain of each tool: the machine's, except where a tool needs a newer one (fetched
@@ -66,13 +78,17 @@ cold_estimate() {
     crane) echo "a few seconds";;
     buildkit) echo "about 2 minutes";;
     karpenter) echo "about 10 minutes";;
+    flux) echo "about 15 minutes for both controllers";;
+    kstatus) echo "about 1 minute";;
   esac
 }
 
 regen() {
-  local tool=$1 dir="$here/$1" mod version
+  local tool=$1 dir mod version
+  dir=$(tool_dir "$tool")
+  [ "$tool" != kstatus ] || { regen flux; return; }
   read -r mod version < <(tool_module "$tool")
-  rm -rf "$dir" && mkdir -p "$dir"
+  rm -f "$dir/go.mod" "$dir/go.sum" && mkdir -p "$dir"
   (
     cd "$dir"
     export GOTOOLCHAIN
@@ -89,13 +105,26 @@ regen() {
       go mod edit -go="$(awk '/^go /{print $2}' "$kk")"
       awk '/^godebug /' "$kk" >> go.mod
     fi
+    if [ "$tool" = flux ]; then
+      # the published api modules stand in for the controllers' `./api` replaces (replaces apply
+      # in their own repositories only, so the one this build needs is repeated here);
+      # artifact v0.18.3 is not served, v0.18.0 is
+      go mod edit -replace github.com/fluxcd/pkg/artifact=github.com/fluxcd/pkg/artifact@v0.18.0
+      # the go-digest both controllers replace theirs with (BLAKE3 registration)
+      go mod edit -replace github.com/opencontainers/go-digest=github.com/opencontainers/go-digest@v1.0.1-0.20220411205349-bde1400a84be
+      go get -tool "github.com/fluxcd/kustomize-controller@$version" "github.com/fluxcd/source-controller@$version"
+      go get "github.com/fluxcd/cli-utils@$KSTATUS_VERSION"
+      go mod tidy -e
+      exit 0
+    fi
     for p in $(tool_packages "$tool"); do go get -tool "$p@$version"; done
     go mod tidy
   )
 }
 
 build() {
-  local tool=$1 mod version stamp dir="$here/$1" ldflags=()
+  local tool=$1 mod version stamp dir ldflags=()
+  dir=$(tool_dir "$tool")
   read -r mod version < <(tool_module "$tool")
   stamp="$cache/$tool-$version.done"
   [ -f "$stamp" ] && return 0
@@ -128,6 +157,16 @@ build() {
     src=$(cd "$dir" && go list -m -f '{{.Dir}}' github.com/moby/buildkit)
     install -m 0755 "$src/examples/buildctl-daemonless/buildctl-daemonless.sh" "$cache/bin/buildctl-daemonless.sh"
   fi
+  if [ "$tool" = flux ]; then
+    # the CRDs of both controllers, from the modules that were built
+    local src
+    rm -rf "$cache/flux-crds" && mkdir -p "$cache/flux-crds"
+    for m in source-controller kustomize-controller; do
+      src=$(cd "$dir" && go list -m -f '{{.Dir}}' "github.com/fluxcd/$m")
+      cp "$src"/config/crd/bases/*.yaml "$cache/flux-crds/"
+    done
+    chmod u+w "$cache"/flux-crds/*.yaml
+  fi
   if [ "$tool" = karpenter ]; then
     # its CRDs (NodePool, NodeClaim, ..., KWOKNodeClass), from the module that was built
     local src
@@ -140,7 +179,7 @@ build() {
   touch "$stamp"
 }
 
-all=(kubernetes etcd kwok helm crane buildkit karpenter)
+all=(kubernetes etcd kwok helm crane buildkit karpenter flux kstatus)
 if [ "${1:-}" = --regen ]; then shift; for t in "$@"; do regen "$t"; done; exit 0; fi
 [ $# -gt 0 ] || set -- "${all[@]}"
 for t in "$@"; do build "$t"; done

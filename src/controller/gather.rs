@@ -6,7 +6,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::ObjectMeta;
 use kube::{Api, ResourceExt};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::execute::{dry_run_pod, Admission};
 use super::observe::{is_complete, observe, reported_digest, termination_message, PushCheck};
@@ -222,11 +222,14 @@ async fn resolve_source(ctx: &Context, obj: &MultiArchImage) -> Result<SourceRes
             Ok(SourceResolution::Resolved(commit))
         }
         Err(GitError::Unavailable(msg)) => Ok(SourceResolution::Unavailable(msg)),
-        Err(e @ GitError::Transient(_)) => Err(Error::ResolveSource {
-            url: git.url.clone(),
-            revision: git.revision.clone(),
-            message: e.to_string(),
-        }),
+        // said in the status at once, and retried; not an error of the reconcile
+        Err(GitError::Transient(msg)) => {
+            warn!(
+                revision = git.revision,
+                "the git server cannot be reached: {msg}"
+            );
+            Ok(SourceResolution::Unreachable(msg))
+        }
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Settings {
     /// How often a source that could not be resolved (missing revision, denied access, a
     /// missing Secret) is tried again without any change to the object.
     pub source_retry: std::time::Duration,
+    /// How long an unreachable git server keeps a new build in progress before it stalls.
+    pub source_stall_after: std::time::Duration,
 }
 
 /// Shared state of the reconcilers.

@@ -65,6 +65,7 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
         revision: &obj.spec.source.git.revision,
         finished_ttl: ctx.settings.defaults.finished_ttl,
         source_retry: ctx.settings.source_retry,
+        source_stall_after: ctx.settings.source_stall_after,
     };
     let plan = plan::plan(&desired, &observed, now);
     let done = execute(&ctx, &obj, &desired, &prev, &plan, now).await?;

@@ -5,8 +5,9 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::Verdict;
 use super::{Observed, SourceResolution};
-use crate::api::{BuildStatus, MultiArchImageStatus, Phase, SourceStatus};
+use crate::api::{BuildStatus, MultiArchImageStatus, Phase, Reason, SourceStatus};
 use crate::validate::DesiredBuild;
 
 /// How a build other than the recorded one starts.
@@ -16,6 +17,9 @@ pub(super) enum Decision {
     Start { commit: String },
     /// The source cannot be resolved as given: the object stalls until it can.
     SourceUnavailable(String),
+    /// The git server could not be asked: in progress, retried, until it has been unreachable for
+    /// the stall time.
+    SourceUnreachable(String),
     /// The source has not been resolved yet (the caller resolves it, see `needs_source`).
     AwaitSource,
 }
@@ -33,8 +37,52 @@ pub(super) fn decide(desired: &DesiredBuild, observed: &Observed<'_>) -> Decisio
         (None, Some(SourceResolution::Unavailable(msg))) => {
             Decision::SourceUnavailable(msg.clone())
         }
+        (None, Some(SourceResolution::Unreachable(msg))) => {
+            Decision::SourceUnreachable(msg.clone())
+        }
         (None, None) => Decision::AwaitSource,
     }
+}
+
+/// How soon an unreachable git server is asked again while the build is in progress (after the
+/// stall time, the operator's source retry interval applies).
+pub const UNREACHABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Says in `status` that the git server of the build could not be reached, at once: `Ready=False`
+/// and `Reconciling=True` with `SourceUnavailable`, the error and the next try; once it has been
+/// unreachable for the stall time, `Stalled` too (still retried, slower). Returns when to try again.
+pub(super) fn unreachable(
+    status: &mut MultiArchImageStatus,
+    observed: &Observed<'_>,
+    error: &str,
+    now: Timestamp,
+) -> std::time::Duration {
+    let since = observed
+        .status
+        .source_unreachable_since
+        .as_ref()
+        .map_or(now, |t| t.0);
+    status.source_unreachable_since = Some(Time(since));
+    let stalled = now.duration_since(since)
+        >= jiff::SignedDuration::try_from(observed.source_stall_after).unwrap_or_default();
+    let retry = if stalled {
+        observed.source_retry.max(UNREACHABLE_RETRY)
+    } else {
+        UNREACHABLE_RETRY
+    };
+    let next = now + jiff::SignedDuration::try_from(retry).unwrap_or_default();
+    let next = next.round(jiff::Unit::Second).unwrap_or(next);
+    let message = format!(
+        "the git server cannot be reached: {error}; unreachable since {}, next try at {next}",
+        since.round(jiff::Unit::Second).unwrap_or(since)
+    );
+    let verdict = if stalled {
+        Verdict::new(Phase::Failed, Reason::SourceUnavailable, message).still_trying()
+    } else {
+        Verdict::new(Phase::Pending, Reason::SourceUnavailable, message)
+    };
+    super::Conditions::new(observed.status, now, observed.generation).apply(status, &verdict);
+    retry
 }
 
 /// Records a new build in `status`: its id, commit and revision, no platforms yet, `Pending`.
@@ -54,6 +102,7 @@ pub(super) fn start(
         revision: Some(revision.to_string()),
     });
     status.rebuild = desired.rebuild.clone();
+    status.source_unreachable_since = None;
     status.platforms = Vec::new();
     status.phase = Some(Phase::Pending);
 }
@@ -99,6 +148,80 @@ mod tests {
         for (source, expected) in cases {
             assert_eq!(decide(&d, &observed(&status, &[], source)), expected);
         }
+    }
+
+    fn condition(status: &MultiArchImageStatus, t: &str) -> Option<(String, String)> {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    }
+
+    #[test]
+    fn an_unreachable_git_server_is_said_at_once_and_stalls_after_the_stall_time() {
+        let d = desired(serde_json::json!({}));
+        let fresh = MultiArchImageStatus::default();
+        let refused = Some(SourceResolution::Unreachable(
+            "connecting to git.example.com: connection refused".into(),
+        ));
+        // the first failed try: in progress, with the error and the next try
+        let plan = crate::plan::plan(&d, &observed(&fresh, &[], refused.clone()), t(0));
+        let first = plan.status;
+        assert_eq!(first.phase, Some(Phase::Pending));
+        let sourced = Some(("False".to_string(), "SourceUnavailable".to_string()));
+        assert_eq!(condition(&first, "Ready"), sourced);
+        assert_eq!(
+            condition(&first, "Reconciling"),
+            Some(("True".into(), "SourceUnavailable".into()))
+        );
+        assert_eq!(condition(&first, "Stalled"), None);
+        let ready = first
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert!(
+            ready.message.contains("connection refused"),
+            "{}",
+            ready.message
+        );
+        assert!(ready.message.contains("next try at"), "{}", ready.message);
+        assert_eq!(plan.requeue_after, Some(UNREACHABLE_RETRY));
+        assert_eq!(first.source_unreachable_since, Some(Time(t(0))));
+        assert!(plan.actions.is_empty());
+
+        // still unreachable, before the stall time: the same since, still in progress
+        let again = crate::plan::plan(&d, &observed(&first, &[], refused.clone()), t(120)).status;
+        assert_eq!(again.source_unreachable_since, Some(Time(t(0))));
+        assert_eq!(again.phase, Some(Phase::Pending));
+
+        // at the stall time: Stalled listed before Reconciling (kstatus: Failed), retried slowly
+        let plan = crate::plan::plan(&d, &observed(&again, &[], refused), t(300));
+        let stalled = plan.status;
+        assert_eq!(stalled.phase, Some(Phase::Failed));
+        let types: Vec<(&str, &str)> = stalled
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str()))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ("Ready", "False"),
+                ("Stalled", "True"),
+                ("Reconciling", "True")
+            ]
+        );
+        assert_eq!(plan.requeue_after, Some(std::time::Duration::from_secs(60)));
+
+        // reachable again: the build starts and the since is gone
+        let source = Some(SourceResolution::Resolved(COMMIT.into()));
+        let resolved = crate::plan::plan(&d, &observed(&stalled, &[], source), t(400));
+        assert_eq!(resolved.status.source_unreachable_since, None);
+        assert_eq!(resolved.status.source.as_ref().unwrap().commit, COMMIT);
+        assert!(!resolved.actions.is_empty(), "builders are created");
+        assert_eq!(condition(&resolved.status, "Stalled"), None);
     }
 
     #[test]

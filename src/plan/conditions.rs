@@ -14,6 +14,9 @@ pub struct Verdict {
     pub phase: Phase,
     pub reason: Reason,
     pub message: String,
+    /// A failed verdict the operator still retries (an unreachable source past its stall time):
+    /// `Stalled` and `Reconciling` both true, `Stalled` listed first so kstatus says Failed.
+    pub still_trying: bool,
 }
 
 impl Verdict {
@@ -22,6 +25,15 @@ impl Verdict {
             phase,
             reason,
             message: message.into(),
+            still_trying: false,
+        }
+    }
+
+    /// This verdict, retried by the operator although failed.
+    pub fn still_trying(self) -> Self {
+        Verdict {
+            still_trying: true,
+            ..self
         }
     }
 }
@@ -61,11 +73,12 @@ impl<'a> Conditions<'a> {
         );
         let mut conditions =
             vec![self.condition("Ready", verdict.phase == Phase::Succeeded, verdict)];
-        if in_progress {
-            conditions.push(self.condition("Reconciling", true, verdict));
-        }
+        // kstatus reads the first of Reconciling and Stalled that is true: Stalled comes first
         if verdict.phase == Phase::Failed {
             conditions.push(self.condition("Stalled", true, verdict));
+        }
+        if in_progress || verdict.still_trying {
+            conditions.push(self.condition("Reconciling", true, verdict));
         }
         conditions
     }

@@ -139,6 +139,8 @@ pub enum SourceResolution {
     Resolved(String),
     /// The revision or repository cannot be reached as given (not found, access denied).
     Unavailable(String),
+    /// The git server could not be asked now (refused, timed out, failed): worth retrying.
+    Unreachable(String),
 }
 
 /// Everything the planner reads.
@@ -154,6 +156,8 @@ pub struct Observed<'a> {
     pub finished_ttl: Duration,
     /// When an unavailable source is tried again.
     pub source_retry: Duration,
+    /// How long an unreachable git server keeps a new build in progress before it stalls.
+    pub source_stall_after: Duration,
 }
 
 /// One thing to do.
@@ -230,8 +234,13 @@ pub fn plan(desired: &DesiredBuild, observed: &Observed<'_>, now: Timestamp) -> 
             }
             build::Decision::SourceUnavailable(message) => {
                 let verdict = Verdict::new(Phase::Failed, Reason::SourceUnavailable, message);
+                status.source_unreachable_since = None;
                 conditions.apply(&mut status, &verdict);
                 return finish(prev, status, Vec::new(), Some(observed.source_retry));
+            }
+            build::Decision::SourceUnreachable(message) => {
+                let retry = build::unreachable(&mut status, observed, &message, now);
+                return finish(prev, status, Vec::new(), Some(retry));
             }
             // the caller resolves the source first (see needs_source); nothing to decide yet
             build::Decision::AwaitSource => return finish(prev, status, Vec::new(), None),

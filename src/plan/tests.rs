@@ -121,6 +121,7 @@ pub(super) fn observed<'a>(
         revision: "main",
         finished_ttl: Duration::from_secs(3600),
         source_retry: Duration::from_secs(60),
+        source_stall_after: Duration::from_secs(300),
     }
 }
 

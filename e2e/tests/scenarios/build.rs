@@ -46,6 +46,7 @@ async fn two_platforms_build_natively_and_publish_a_verified_index_that_rebuilds
         .await;
     let o = s.wait_ready("apiping", 600).await;
     let cold = t0.elapsed().as_secs();
+    multiarch_e2e::kstatus::assert_status(&ns, "apiping", "Current");
     let commit = commit_of(&o);
     assert_eq!(
         commit,

@@ -9,7 +9,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use multiarch_e2e::registry::tags;
 use multiarch_e2e::scenario::condition;
-use multiarch_e2e::{Access, Scenario};
+use multiarch_e2e::{kstatus, Access, Scenario};
 use multiarch_operator::api::{BuilderSpec, MultiArchImage, Phase, Reason};
 use serde_json::json;
 
@@ -21,6 +21,7 @@ async fn a_failing_builder_is_retried_then_stalls_with_its_message_and_nothing_i
     broken.metadata.annotations = Some(fault("linux-arm64", "fail"));
     s.apply(&broken).await;
     let o = s.wait_reason("broken", "Stalled", "BuildFailed", 90).await;
+    kstatus::assert_status(&s.ns, "broken", "Failed");
     let status = o.status.expect("a status");
     assert_eq!(status.phase, Some(Phase::Failed));
     assert_eq!(status.platforms[1].attempts, 2, "arm64 attempts");
@@ -49,6 +50,7 @@ async fn a_failing_builder_is_retried_then_stalls_with_its_message_and_nothing_i
         "flaky attempts"
     );
     assert!(condition(&s.get("flaky").await, "Stalled").is_none_or(|c| c.status != "True"));
+    kstatus::assert_status(&s.ns, "flaky", "Current");
 }
 
 #[tokio::test]
@@ -60,6 +62,7 @@ async fn an_image_whose_config_says_another_platform_is_refused_and_nothing_is_t
     let o = s
         .wait_reason("liar", "Stalled", "PlatformMismatch", 90)
         .await;
+    kstatus::assert_status(&s.ns, "liar", "Failed");
     let message = condition(&o, "Stalled")
         .map(|c| c.message.clone())
         .unwrap_or_default();
@@ -104,6 +107,7 @@ async fn invalid_objects_are_refused_at_admission_or_stall_with_invalid_spec() {
     s.apply(&s.mai("alias", &["linux/arm64", "linux/arm64/v8"]))
         .await;
     s.wait_reason("alias", "Stalled", "InvalidSpec", 60).await;
+    kstatus::assert_status(&s.ns, "alias", "Failed");
     assert_eq!(
         s.job_names("").await,
         Vec::<String>::new(),
@@ -117,6 +121,7 @@ async fn a_builder_refused_by_pod_security_stalls_with_the_admission_message() {
     label_namespace(&s, &s.ns, "pod-security.kubernetes.io/enforce", "baseline").await;
     s.apply(&s.mai("app", &["linux/amd64"])).await;
     let o = s.wait_reason("app", "Stalled", "BuilderRejected", 90).await;
+    kstatus::assert_status(&s.ns, "app", "Failed");
     let message = o.status.expect("a status").platforms[0]
         .message
         .clone()
@@ -143,6 +148,7 @@ async fn a_hanging_build_is_stopped_at_its_timeout() {
     app.metadata.annotations = Some(fault("linux-amd64", "hang"));
     s.apply(&app).await;
     let o = s.wait_reason("app", "Stalled", "BuildTimeout", 90).await;
+    kstatus::assert_status(&s.ns, "app", "Failed");
     let amd64 = &o.status.as_ref().expect("a status").platforms[0];
     assert_eq!(amd64.reason, Some(Reason::BuildTimeout), "amd64 reason");
     let message = amd64.message.clone().unwrap_or_default();

@@ -355,6 +355,26 @@ async fn a_builder_no_instance_type_fits_fails_at_the_provisioning_timeout() {
     );
 }
 
+/// Deletes the namespace's Deployments when dropped, whatever the scenario came to, so that no
+/// workload of the test's own keeps a Karpenter node for the scenarios after it.
+struct DeleteDeployments(String);
+
+impl Drop for DeleteDeployments {
+    fn drop(&mut self) {
+        let _ = multiarch_e2e::cmd::try_kubectl(
+            &[
+                "delete",
+                "deployments",
+                "--all",
+                "-n",
+                &self.0,
+                "--wait=false",
+            ],
+            None,
+        );
+    }
+}
+
 /// A Deployment of one pod asking for `cpu` on a node of `arch` (a workload of the test's own).
 fn deployment(name: &str, arch: &str, cpu: &str) -> k8s_openapi::api::apps::v1::Deployment {
     serde_json::from_value(json!({
@@ -403,6 +423,7 @@ async fn a_running_builders_node_is_kept_from_consolidation_while_a_plain_pods_i
     .await;
     let _operator = KarpenterOperator::start().await;
     from_zero(&s).await;
+    let _cleanup = DeleteDeployments(s.ns.clone());
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(s.client.clone(), &s.ns);
     let create = |d| {
@@ -506,4 +527,8 @@ async fn a_running_builders_node_is_kept_from_consolidation_while_a_plain_pods_i
         .delete("app", &Default::default())
         .await
         .expect("deleting the object");
+    deployments
+        .delete("control", &DeleteParams::default())
+        .await
+        .expect("deleting the control");
 }

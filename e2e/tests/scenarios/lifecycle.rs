@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use multiarch_e2e::operator::{self, Options};
 use multiarch_e2e::registry::{digest, raw, tags};
-use multiarch_e2e::{Access, Scenario};
+use multiarch_e2e::{kstatus, Access, Scenario};
 use multiarch_operator::api::{Phase, PlatformPhase};
 use serde_json::json;
 
@@ -207,11 +207,18 @@ async fn an_operator_killed_at_any_point_resumes_without_duplicate_builders_or_a
     // the index pushed to every tag, status not written
     crash_at(&s, "after-index-pushed", "late").await;
     let pushed = digest(&raw(&format!("{}/late:latest", s.ns)));
+    let publishing = s.get("late").await;
     assert_eq!(
-        digest_of(&s.get("late").await),
+        digest_of(&publishing),
         None,
         "status digest before the restart"
     );
+    assert_eq!(
+        publishing.status.as_ref().and_then(|st| st.phase),
+        Some(Phase::Publishing),
+        "the status written before publishing"
+    );
+    kstatus::assert_status(&s.ns, "late", "InProgress");
     blocking(operator::ensure_default)
         .await
         .expect("restarting");
@@ -377,6 +384,7 @@ async fn owned_builders(s: &Scenario, o: &multiarch_operator::api::MultiArchImag
 #[tokio::test]
 async fn a_new_object_reads_as_in_progress_before_the_operator_has_seen_it() {
     let s = Scenario::start("new_object_status", "e2e-new", Access::Exclusive).await;
+    let blocking = |f: fn()| tokio::task::spawn_blocking(f);
     tokio::task::spawn_blocking(|| operator::stop("TERM"))
         .await
         .expect("stopping the operator");
@@ -393,9 +401,86 @@ async fn a_new_object_reads_as_in_progress_before_the_operator_has_seen_it() {
         "no conditions before the operator"
     );
     assert_eq!(o.metadata.generation, Some(1));
-    tokio::task::spawn_blocking(operator::ensure_default)
+    kstatus::assert_status(&s.ns, "fresh", "InProgress");
+    blocking(operator::ensure_default)
         .await
         .expect("starting the operator");
     let o = s.wait_ready("fresh", 90).await;
     assert_eq!(o.status.and_then(|st| st.observed_generation), Some(1));
+    kstatus::assert_status(&s.ns, "fresh", "Current");
+
+    // a spec change the operator has not observed yet (it is stopped): in progress
+    blocking(|| operator::stop("TERM")).await.expect("stopping");
+    s.annotate(
+        "fresh",
+        "e2e.multiarch.dev/fault.linux-amd64",
+        Some("slow-8"),
+    )
+    .await;
+    s.patch(
+        "fresh",
+        json!({"spec": {"buildArgs": [{"name": "VERSION", "value": "2"}]}}),
+    )
+    .await;
+    let o = s.get("fresh").await;
+    assert_eq!(o.metadata.generation, Some(2));
+    assert_eq!(o.status.and_then(|st| st.observed_generation), Some(1));
+    kstatus::assert_status(&s.ns, "fresh", "InProgress");
+
+    // building: in progress, then Current again
+    blocking(operator::ensure_default).await.expect("starting");
+    s.wait("fresh", "building generation 2", 60, |o| {
+        o.status.as_ref().is_some_and(|st| {
+            st.observed_generation == Some(2) && st.phase == Some(Phase::Building)
+        })
+    })
+    .await;
+    kstatus::assert_status(&s.ns, "fresh", "InProgress");
+    s.wait_ready("fresh", 90).await;
+    kstatus::assert_status(&s.ns, "fresh", "Current");
+
+    // deleting, in the foreground (the operator holds no finalizer; a builder Job held by the
+    // test's own finalizer keeps the object in deletion): Terminating
+    let job = s
+        .job_names("")
+        .await
+        .into_iter()
+        .next()
+        .expect("a builder Job");
+    let jobs = kube::Api::<k8s_openapi::api::batch::v1::Job>::namespaced(s.client.clone(), &s.ns);
+    let hold = json!({"metadata": {"finalizers": ["e2e.multiarch.dev/hold"]}});
+    jobs.patch(&job, &Default::default(), &kube::api::Patch::Merge(&hold))
+        .await
+        .expect("holding a builder Job");
+    s.mais()
+        .delete("fresh", &kube::api::DeleteParams::foreground())
+        .await
+        .expect("deleting in the foreground");
+    let o = s.get("fresh").await;
+    assert!(o.metadata.deletion_timestamp.is_some(), "in deletion");
+    assert!(
+        !o.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f.contains("multiarch")),
+        "no finalizer of the operator's"
+    );
+    kstatus::assert_status(&s.ns, "fresh", "Terminating");
+    let release = json!({"metadata": {"finalizers": null}});
+    jobs.patch(
+        &job,
+        &Default::default(),
+        &kube::api::Patch::Merge(&release),
+    )
+    .await
+    .expect("releasing the Job");
+    s.poll("the object gone", 60, || async {
+        s.mais()
+            .get_opt("fresh")
+            .await
+            .ok()
+            .and_then(|o| o.is_none().then_some(()))
+    })
+    .await;
 }

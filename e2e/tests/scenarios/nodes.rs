@@ -9,7 +9,7 @@ use kube::{Api, ResourceExt};
 use multiarch_e2e::cmd::run;
 use multiarch_e2e::registry::tags;
 use multiarch_e2e::scenario::condition;
-use multiarch_e2e::{env, Access, Scenario};
+use multiarch_e2e::{env, kstatus, Access, Scenario};
 use multiarch_operator::api::{
     BuilderSpec, MultiArchImage, Phase, PlatformPhase, PlatformStatus, Reason,
 };
@@ -85,6 +85,7 @@ async fn a_builder_without_a_node_waits_with_the_schedulers_reason_and_the_same_
         "the scheduler's reason: {message}"
     );
     assert!(p.waiting_since.is_some(), "waitingSince is set");
+    kstatus::assert_status(&s.ns, "apiping", "InProgress");
     let waiting = job(&s, p.builder.as_deref().expect("a builder")).await;
 
     node.restore();
@@ -182,10 +183,13 @@ async fn a_builder_that_never_gets_a_node_fails_at_the_provisioning_timeout_and_
     let o = s
         .wait_reason("app", "Stalled", "NoNodeForPlatform", 60)
         .await;
+    kstatus::assert_status(&s.ns, "app", "Failed");
     let p = arm64(&o).expect("arm64 status").clone();
     let message = p.message.clone().unwrap_or_default();
     assert!(
-        message.contains("{kubernetes.io/arch=arm64,kubernetes.io/os=linux}"),
+        message.contains(
+            "{e2e.multiarch.dev/static=true,kubernetes.io/arch=arm64,kubernetes.io/os=linux}"
+        ),
         "names the node selector: {message}"
     );
     assert!(

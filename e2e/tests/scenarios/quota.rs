@@ -56,6 +56,7 @@ async fn a_builder_without_quota_waits_for_it_and_is_built_when_it_frees_up() {
         .await;
     let status = waiting.status.as_ref().expect("a status");
     assert_eq!(status.phase, Some(Phase::Pending), "{status:?}");
+    multiarch_e2e::kstatus::assert_status(&s.ns, "second", "InProgress");
     let ready = condition(&waiting, "Ready").expect("Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),

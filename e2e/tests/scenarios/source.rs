@@ -11,7 +11,7 @@ use multiarch_e2e::cmd::kubectl;
 use multiarch_e2e::operator;
 use multiarch_e2e::registry::{digest, raw};
 use multiarch_e2e::scenario::condition;
-use multiarch_e2e::{env, Access, Scenario};
+use multiarch_e2e::{env, kstatus, Access, Scenario};
 use multiarch_operator::api::{LocalObjectReference, Phase};
 use serde_json::json;
 
@@ -61,6 +61,7 @@ async fn builds_from_public_and_private_smart_http_and_a_fixed_token_is_noticed(
     let o = s
         .wait_reason("private", "Ready", "SourceUnavailable", 60)
         .await;
+    kstatus::assert_status(&s.ns, "private", "Failed");
     let message = condition(&o, "Ready")
         .map(|c| c.message.clone())
         .unwrap_or_default();
@@ -123,4 +124,101 @@ async fn builds_from_public_and_private_smart_http_and_a_fixed_token_is_noticed(
             "a git token appears in status, Events, builders or the operator log"
         );
     }
+}
+
+/// A git server that cannot be reached (connection refused) is said in the status at once:
+/// `Ready=False` and `Reconciling=True` with `SourceUnavailable`, the error and the next try
+/// (kstatus: InProgress); after the stall time (`--source-stall-after`, 20 s in the suite) it is
+/// `Stalled` too, listed first (kstatus: Failed), and still retried: once the server answers, the
+/// build runs and is published.
+#[tokio::test]
+async fn an_unreachable_git_server_is_said_at_once_stalls_later_and_builds_when_it_is_back() {
+    let s = Scenario::start("git_unreachable", "e2e-unreachable", Access::Shared).await;
+    // a port nothing listens on (for now)
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let upstream = env()
+        .git_http_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("the git server's address")
+        .to_string();
+    let mut app = s.mai("app", &["linux/amd64"]);
+    app.spec.source.git.url = format!("http://127.0.0.1:{port}/public/sample.git");
+    s.apply(&app).await;
+
+    let o = s
+        .wait_reason("app", "Reconciling", "SourceUnavailable", 30)
+        .await;
+    let ready = condition(&o, "Ready").expect("Ready").clone();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "SourceUnavailable")
+    );
+    assert!(
+        ready.message.contains("cannot be reached") && ready.message.contains("next try at"),
+        "the error and the next try: {}",
+        ready.message
+    );
+    assert!(condition(&o, "Stalled").is_none(), "not stalled yet");
+    assert_eq!(
+        o.status.as_ref().and_then(|st| st.phase),
+        Some(Phase::Pending)
+    );
+    kstatus::assert_status(&s.ns, "app", "InProgress");
+
+    let o = s
+        .wait_reason("app", "Stalled", "SourceUnavailable", 60)
+        .await;
+    let types: Vec<(String, String)> = o
+        .status
+        .as_ref()
+        .expect("a status")
+        .conditions
+        .iter()
+        .map(|c| (c.type_.clone(), c.status.clone()))
+        .collect();
+    let expected = [
+        ("Ready", "False"),
+        ("Stalled", "True"),
+        ("Reconciling", "True"),
+    ];
+    assert_eq!(
+        types,
+        expected.map(|(a, b)| (a.to_string(), b.to_string())),
+        "Stalled before Reconciling"
+    );
+    kstatus::assert_status(&s.ns, "app", "Failed");
+    assert!(
+        s.job_names("").await.is_empty(),
+        "no builder without a commit"
+    );
+
+    // the server comes back on that port
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port again");
+    let forward = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let o = s.wait_ready("app", 120).await;
+    assert_eq!(
+        o.status
+            .as_ref()
+            .and_then(|st| st.source_unreachable_since.clone()),
+        None,
+        "sourceUnreachableSince cleared"
+    );
+    kstatus::assert_status(&s.ns, "app", "Current");
+    forward.abort();
 }
