@@ -13,6 +13,7 @@ import (
 
 	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 )
 
 type verdict struct {
@@ -28,12 +29,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "kstatus: reading standard input:", err)
 		os.Exit(2)
 	}
+	// numbers as the apiserver means them (int64 where whole), as client-go decodes objects
 	var objects []map[string]interface{}
-	if err := json.Unmarshal(input, &objects); err != nil {
+	if err := utiljson.Unmarshal(input, &objects); err != nil {
 		var list struct {
 			Items []map[string]interface{} `json:"items"`
 		}
-		if err2 := json.Unmarshal(input, &list); err2 != nil {
+		if err2 := utiljson.Unmarshal(input, &list); err2 != nil {
 			fmt.Fprintln(os.Stderr, "kstatus: neither a JSON array nor a List:", err)
 			os.Exit(2)
 		}
