@@ -321,3 +321,75 @@ async fn flux_reports_ready_only_once_published_fails_fast_and_prunes() {
         "--wait=false",
     ]);
 }
+
+/// Every reason of the one enum, as the operator's own condition writer words it, read by the real
+/// kstatus library: the reasons of work in progress are InProgress, `Published` is Current, every
+/// failure is Failed, and an unreachable source the operator still retries after its stall time
+/// (Stalled and Reconciling both true) is Failed. Complements the scenarios, which check the
+/// verdicts on objects the operator reconciled, with the reasons no scenario reaches on its own
+/// (`PublishFailed` needs a registry that refuses a write for good).
+#[test]
+fn kstatus_reads_every_reason_as_the_readme_says() {
+    use multiarch_operator::api::{MultiArchImageStatus, Phase, Reason};
+    use multiarch_operator::plan::{Conditions, Verdict};
+
+    let now = "2026-12-04T10:00:00Z".parse().expect("a time");
+    let verdicts: Vec<(Verdict, &str)> = Reason::ALL
+        .iter()
+        .map(|&reason| {
+            let (phase, expected) = match reason {
+                Reason::Building | Reason::WaitingForNode | Reason::WaitingForQuota => {
+                    (Phase::Building, "InProgress")
+                }
+                Reason::Publishing => (Phase::Publishing, "InProgress"),
+                Reason::Published => (Phase::Succeeded, "Current"),
+                _ => (Phase::Failed, "Failed"),
+            };
+            (Verdict::new(phase, reason, "m"), expected)
+        })
+        .chain([
+            (
+                Verdict::new(Phase::Pending, Reason::SourceUnavailable, "unreachable"),
+                "InProgress",
+            ),
+            (
+                Verdict::new(Phase::Failed, Reason::SourceUnavailable, "unreachable")
+                    .still_trying(),
+                "Failed",
+            ),
+        ])
+        .collect();
+    let objects: Vec<Value> = verdicts
+        .iter()
+        .enumerate()
+        .map(|(i, (verdict, _))| {
+            let prev = MultiArchImageStatus::default();
+            let mut status = prev.clone();
+            status.observed_generation = Some(3);
+            Conditions::new(&prev, now, Some(3)).apply(&mut status, verdict);
+            json!({
+                "apiVersion": "multiarch.dev/v1alpha1", "kind": "MultiArchImage",
+                "metadata": {"name": format!("o{i}"), "namespace": "n", "generation": 3},
+                "status": status,
+            })
+        })
+        .collect();
+    let program = env().tools_bin.join("kstatus");
+    let input = serde_json::to_vec(&objects).expect("JSON");
+    let out = run_with_input(&path(&program), &[], Some(&input));
+    let said: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a verdict line"))
+        .collect();
+    assert_eq!(said.len(), verdicts.len());
+    for ((verdict, expected), said) in verdicts.iter().zip(&said) {
+        assert_eq!(
+            said["status"].as_str(),
+            Some(*expected),
+            "{:?} ({:?}, still trying: {}): kstatus said {said}",
+            verdict.reason,
+            verdict.phase,
+            verdict.still_trying
+        );
+    }
+}
