@@ -409,11 +409,12 @@ pub enum Reason {
     PlatformMismatch,
     PublishFailed,
     WaitingForQuota,
+    RegistryUnavailable,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Building,
         Reason::WaitingForNode,
         Reason::Publishing,
@@ -427,6 +428,7 @@ impl Reason {
         Reason::PlatformMismatch,
         Reason::PublishFailed,
         Reason::WaitingForQuota,
+        Reason::RegistryUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -444,6 +446,7 @@ impl Reason {
             Reason::PlatformMismatch => "PlatformMismatch",
             Reason::PublishFailed => "PublishFailed",
             Reason::WaitingForQuota => "WaitingForQuota",
+            Reason::RegistryUnavailable => "RegistryUnavailable",
         }
     }
 

@@ -17,8 +17,8 @@ use super::{publishing, Context, Error, FIELD_MANAGER};
 use crate::api::{MultiArchImage, MultiArchImageStatus, Reason};
 use crate::builder::{render_job, BuilderInput, ANNOTATION_PLATFORM, ANNOTATION_STOPPED};
 use crate::plan::{
-    events_between, record_publish, record_quota_wait, record_rejected_builder, Action, Plan,
-    PlannedEvent, QUOTA_RETRY,
+    events_between, record_publish, record_quota_wait, record_registry_unreachable,
+    record_rejected_builder, Action, Plan, PlannedEvent, QUOTA_RETRY, REGISTRY_RETRY,
 };
 use crate::platform::Platform;
 use crate::validate::DesiredBuild;
@@ -333,8 +333,23 @@ async fn publish(
     done: &mut Executed,
 ) -> Result<(), Error> {
     write_status(ctx, obj, prev, &done.status).await?;
+    crate::failpoint::pause(crate::failpoint::PAUSE_BEFORE_PUBLISH).await;
     let started = std::time::Instant::now();
-    let outcome = publishing::publish(ctx, obj, desired, &done.status).await?;
+    let outcome = match publishing::publish(ctx, obj, desired, &done.status).await {
+        Ok(outcome) => outcome,
+        // said in the status at once, and retried; not an error of the reconcile
+        Err(
+            e @ (Error::VerifyImages { .. } | Error::TagImage { .. } | Error::PushIndex { .. }),
+        ) => {
+            warn!("the registry cannot be reached: {e}");
+            let now = Timestamp::now();
+            let events = record_registry_unreachable(&mut done.status, &e.to_string(), now);
+            done.events.extend(events);
+            done.retry_after = Some(REGISTRY_RETRY);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     crate::failpoint::hit(crate::failpoint::AFTER_INDEX_PUSHED);
     ctx.metrics.published(outcome.result(), started.elapsed());
     let events = record_publish(&mut done.status, desired, &outcome, Timestamp::now());

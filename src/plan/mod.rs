@@ -55,8 +55,8 @@ use crate::validate::DesiredBuild;
 pub use conditions::{Conditions, Verdict};
 pub use events::events_between;
 pub use record::{
-    invalid_spec_status, record_publish, record_quota_wait, record_rejected_builder,
-    PublishOutcome, QUOTA_RETRY,
+    invalid_spec_status, record_publish, record_quota_wait, record_registry_unreachable,
+    record_rejected_builder, PublishOutcome, QUOTA_RETRY, REGISTRY_RETRY,
 };
 
 /// The most of a builder's message kept in status.

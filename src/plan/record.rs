@@ -81,6 +81,26 @@ pub fn record_quota_wait(
     })
 }
 
+/// How soon a publish that could not reach the registry is tried again.
+pub const REGISTRY_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Says in `status` that publishing could not reach the registry (refused, timed out, failing):
+/// still `Publishing`, `Ready=False` and `Reconciling=True` with `RegistryUnavailable`, the error
+/// and the next try. Nothing was tagged (every check comes before any write, and a write that
+/// failed half way is repeated whole: the index is deterministic).
+pub fn record_registry_unreachable(
+    status: &mut MultiArchImageStatus,
+    error: &str,
+    now: Timestamp,
+) -> Vec<PlannedEvent> {
+    let next = now + jiff::SignedDuration::try_from(REGISTRY_RETRY).unwrap_or_default();
+    let next = next.round(jiff::Unit::Second).unwrap_or(next);
+    let msg = format!("the registry cannot be reached: {error}; next try at {next}");
+    transition(status, now, |_| {
+        Verdict::new(Phase::Publishing, Reason::RegistryUnavailable, msg)
+    })
+}
+
 /// Changes `status` with `change`, which says the verdict, and returns the Events of the change.
 fn transition(
     status: &mut MultiArchImageStatus,
@@ -230,6 +250,31 @@ mod tests {
         record_quota_wait(&mut next, &platform, quota, t(10));
         assert_eq!(next, status);
         assert!(crate::plan::events_between(&status, &next).is_empty());
+    }
+
+    #[test]
+    fn a_registry_that_cannot_be_reached_keeps_publishing_in_progress_and_says_why() {
+        let mut status = MultiArchImageStatus::default();
+        let events = record_registry_unreachable(&mut status, "pushing the index: timed out", t(0));
+        assert_eq!(status.phase, Some(Phase::Publishing));
+        let types: Vec<(&str, &str, &str)> = status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ("Ready", "False", "RegistryUnavailable"),
+                ("Reconciling", "True", "RegistryUnavailable")
+            ]
+        );
+        let message = &status.conditions[0].message;
+        assert!(
+            message.contains("timed out") && message.contains("next try at"),
+            "{message}"
+        );
+        assert!(events.is_empty(), "no Event for a retry");
     }
 
     #[test]

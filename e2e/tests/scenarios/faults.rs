@@ -7,6 +7,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
+use multiarch_e2e::operator::{self, Options};
 use multiarch_e2e::registry::tags;
 use multiarch_e2e::scenario::condition;
 use multiarch_e2e::{kstatus, Access, Scenario};
@@ -261,4 +262,86 @@ pub async fn label_namespace(s: &Scenario, ns: &str, key: &str, value: &str) {
         )
         .await
         .unwrap_or_else(|e| panic!("labelling namespace {ns}: {e}"));
+}
+
+/// Stops (SIGSTOP) the registry process until dropped.
+struct FrozenRegistry(String);
+
+impl FrozenRegistry {
+    fn freeze() -> FrozenRegistry {
+        let pid = std::fs::read_to_string(multiarch_e2e::env().state.join("registry.pid"))
+            .expect("the registry's pid file")
+            .trim()
+            .to_string();
+        multiarch_e2e::cmd::run("kill", &["-STOP", &pid]);
+        FrozenRegistry(pid)
+    }
+}
+
+impl Drop for FrozenRegistry {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0])
+            .status();
+    }
+}
+
+/// A registry that stops answering while the operator publishes (its process stopped during the
+/// operator's fail-point pause after writing `Publishing`): the status says so within the
+/// registry client's deadline, in progress (`Reconciling`/`Ready=False` with
+/// `RegistryUnavailable`, the error and the next try; kstatus InProgress), never `Stalled`; once
+/// the registry answers again the index is published.
+#[tokio::test]
+async fn a_registry_that_stops_answering_while_publishing_is_said_and_the_index_follows() {
+    let s = Scenario::start("registry_outage", "e2e-registry-outage", Access::Exclusive).await;
+    tokio::task::spawn_blocking(|| {
+        operator::stop("TERM");
+        operator::start(&Options {
+            failpoint: Some("pause-before-publish".into()),
+            ..Default::default()
+        });
+    })
+    .await
+    .expect("the operator with a pause before publishing");
+    s.apply(&s.mai("app", &["linux/amd64", "linux/arm64"]))
+        .await;
+    s.wait("app", "Publishing", 90, |o| {
+        o.status.as_ref().and_then(|st| st.phase) == Some(Phase::Publishing)
+    })
+    .await;
+    let frozen = FrozenRegistry::freeze();
+    let o = s
+        .wait_reason("app", "Reconciling", "RegistryUnavailable", 60)
+        .await;
+    let ready = condition(&o, "Ready").expect("Ready").clone();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "RegistryUnavailable")
+    );
+    assert!(
+        ready.message.contains("registry cannot be reached")
+            && ready.message.contains("next try at"),
+        "the error and the next try: {}",
+        ready.message
+    );
+    assert_eq!(
+        o.status.as_ref().and_then(|st| st.phase),
+        Some(Phase::Publishing)
+    );
+    assert!(condition(&o, "Stalled").is_none(), "not a failure");
+    kstatus::assert_status(&s.ns, "app", "InProgress");
+    drop(frozen);
+    s.wait_ready("app", 90).await;
+    kstatus::assert_status(&s.ns, "app", "Current");
+    assert_eq!(
+        tags(&format!("{}/app", s.ns)),
+        ["1.0.0", "1.0.0-amd64", "1.0.0-arm64", "latest"],
+        "published"
+    );
+    tokio::task::spawn_blocking(|| {
+        operator::stop("TERM");
+        operator::ensure_default();
+    })
+    .await
+    .expect("the default operator again");
 }

@@ -341,7 +341,9 @@ fn kstatus_reads_every_reason_as_the_readme_says() {
                 Reason::Building | Reason::WaitingForNode | Reason::WaitingForQuota => {
                     (Phase::Building, "InProgress")
                 }
-                Reason::Publishing => (Phase::Publishing, "InProgress"),
+                Reason::Publishing | Reason::RegistryUnavailable => {
+                    (Phase::Publishing, "InProgress")
+                }
                 Reason::Published => (Phase::Succeeded, "Current"),
                 _ => (Phase::Failed, "Failed"),
             };

@@ -603,3 +603,104 @@ fn feed(mut c: std::process::Command, input: &[u8]) -> std::process::Output {
         .expect("writing the cases");
     child.wait_with_output().expect("lua5.1 output")
 }
+
+/// Objects created under the previous release's CRD (`e2e/upgrade/`: the v1alpha1 CRD before the
+/// status default, the new status fields and reasons of this round) keep working after
+/// `helm upgrade`: one published before the upgrade stays published with the same build and
+/// builders, and is Current to kstatus; one created (and never seen by the operator) before the
+/// upgrade reads `status: {observedGeneration: 0}` once the upgraded CRD is served, InProgress to
+/// kstatus, and is then built and published.
+#[tokio::test]
+async fn objects_of_the_previous_crd_keep_working_after_helm_upgrade() {
+    let s = Scenario::start("upgrade", "e2e-upgrade", Access::Exclusive).await;
+    let crd = "crd/multiarchimages.multiarch.dev";
+    let previous = env()
+        .root
+        .join("e2e/upgrade/crd-v1alpha1-before-status-default.yaml");
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &previous.display().to_string(),
+    ]);
+    kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        crd,
+        "--timeout=60s",
+    ]);
+    let default = || {
+        kubectl(&[
+            "get",
+            crd,
+            "-o",
+            "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.status.default}",
+        ])
+    };
+    assert_eq!(default(), "", "the previous CRD has no status default");
+
+    // published under the previous CRD
+    s.apply(&s.mai("published", &["linux/amd64", "linux/arm64"]))
+        .await;
+    let before = s.wait_ready("published", 90).await;
+    let jobs_before = s.job_names("").await;
+    // created under the previous CRD, never seen by the operator
+    tokio::task::spawn_blocking(|| operator::stop("TERM"))
+        .await
+        .expect("stopping the operator");
+    s.apply(&s.mai("unseen", &["linux/amd64"])).await;
+    let unseen = s.get("unseen").await;
+    assert_eq!(unseen.status, None, "no status under the previous CRD");
+
+    let chart = env().root.join("charts/multiarch-operator");
+    run(
+        "helm",
+        &[
+            "upgrade",
+            "multiarch-operator",
+            &chart.display().to_string(),
+            "-n",
+            "multiarch-system",
+            "--reuse-values",
+            "--wait",
+        ],
+    );
+    assert_eq!(
+        default(),
+        r#"{"observedGeneration":0}"#,
+        "helm upgrade installed this release's CRD"
+    );
+    let unseen = s.get("unseen").await;
+    assert_eq!(
+        unseen.status.as_ref().and_then(|st| st.observed_generation),
+        Some(0),
+        "the status default applies to an object stored without a status"
+    );
+    multiarch_e2e::kstatus::assert_status(&s.ns, "unseen", "InProgress");
+    multiarch_e2e::kstatus::assert_status(&s.ns, "published", "Current");
+
+    tokio::task::spawn_blocking(operator::ensure_default)
+        .await
+        .expect("starting the operator");
+    s.wait_ready("unseen", 90).await;
+    multiarch_e2e::kstatus::assert_status(&s.ns, "unseen", "Current");
+    let after = s.wait_ready("published", 30).await;
+    let status = |o: &multiarch_operator::api::MultiArchImage| {
+        let st = o.status.clone().expect("a status");
+        (st.build.map(|b| b.id), st.digest)
+    };
+    assert_eq!(status(&after), status(&before), "the same build and index");
+    let jobs_after: Vec<String> = s
+        .job_names("")
+        .await
+        .into_iter()
+        .filter(|j| !j.starts_with("unseen-"))
+        .collect();
+    assert_eq!(
+        jobs_after, jobs_before,
+        "no new builders for the published object"
+    );
+    multiarch_e2e::kstatus::assert_status(&s.ns, "published", "Current");
+}
