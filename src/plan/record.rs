@@ -32,19 +32,33 @@ pub fn record_rejected_builder(
 ) -> Vec<PlannedEvent> {
     let text = truncate_tail(message, MAX_MESSAGE_LEN);
     transition(status, now, |status| {
-        if let Some(p) = status
-            .platforms
-            .iter_mut()
-            .find(|p| p.platform == platform.to_string())
-        {
-            p.phase = PlatformPhase::Failed;
-            p.reason = Some(Reason::BuilderRejected);
-            p.message = Some(text.clone());
-            p.builder = None;
-        }
+        mark_platform(
+            status,
+            platform,
+            PlatformPhase::Failed,
+            Reason::BuilderRejected,
+            &text,
+        );
         let msg = format!("{platform}: the builder was rejected: {text}");
         Verdict::new(Phase::Failed, Reason::BuilderRejected, msg)
     })
+}
+
+/// Sets a platform without a builder to `phase`, with `reason` and `message`.
+fn mark_platform(
+    status: &mut MultiArchImageStatus,
+    platform: &Platform,
+    phase: PlatformPhase,
+    reason: Reason,
+    message: &str,
+) {
+    let name = platform.to_string();
+    if let Some(p) = status.platforms.iter_mut().find(|p| p.platform == name) {
+        p.phase = phase;
+        p.reason = Some(reason);
+        p.message = Some(message.to_string());
+        p.builder = None;
+    }
 }
 
 /// How soon a builder refused by the namespace's ResourceQuota is tried again.
@@ -62,16 +76,13 @@ pub fn record_quota_wait(
 ) -> Vec<PlannedEvent> {
     let text = truncate_tail(message, MAX_MESSAGE_LEN);
     transition(status, now, |status| {
-        if let Some(p) = status
-            .platforms
-            .iter_mut()
-            .find(|p| p.platform == platform.to_string())
-        {
-            p.phase = PlatformPhase::Pending;
-            p.reason = Some(Reason::WaitingForQuota);
-            p.message = Some(text.clone());
-            p.builder = None;
-        }
+        mark_platform(
+            status,
+            platform,
+            PlatformPhase::Pending,
+            Reason::WaitingForQuota,
+            &text,
+        );
         let phase = match status.phase {
             Some(Phase::Building) => Phase::Building,
             _ => Phase::Pending,

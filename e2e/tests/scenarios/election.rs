@@ -172,9 +172,9 @@ fn writes(exposition: &str) -> f64 {
         .sum()
 }
 
-#[tokio::test]
-async fn one_replica_leads_and_a_killed_leader_hands_over_within_the_lease() {
-    let s = Scenario::start("leader_election", "e2e-leader", Access::Exclusive).await;
+/// Stops the suite's default operator and deletes the Lease, so that the scenario's replicas
+/// start the election afresh.
+async fn without_default_operator_or_lease() {
     tokio::task::spawn_blocking(|| operator::stop("TERM"))
         .await
         .expect("stopping the default operator");
@@ -189,6 +189,12 @@ async fn one_replica_leads_and_a_killed_leader_hands_over_within_the_lease() {
         ],
         None,
     );
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_a_killed_leader_hands_over_within_the_lease() {
+    let s = Scenario::start("leader_election", "e2e-leader", Access::Exclusive).await;
+    without_default_operator_or_lease().await;
 
     let a = tokio::task::spawn_blocking(|| start_replica("a", 18082, 18092))
         .await
@@ -414,20 +420,7 @@ async fn lease_acquired(s: &Scenario) -> (String, f64) {
 #[tokio::test]
 async fn a_leader_whose_renewals_are_held_stops_writing_before_the_standby_takes_over() {
     let s = Scenario::start("leader_fencing", "e2e-fencing", Access::Exclusive).await;
-    tokio::task::spawn_blocking(|| operator::stop("TERM"))
-        .await
-        .expect("stopping the default operator");
-    let _ = try_kubectl(
-        &[
-            "delete",
-            "lease",
-            "-n",
-            LEASE_NS,
-            "multiarch-operator",
-            "--ignore-not-found",
-        ],
-        None,
-    );
+    without_default_operator_or_lease().await;
     let proxy = tokio::task::spawn_blocking(|| ApiProxy::start(18100))
         .await
         .expect("the proxy");
