@@ -236,14 +236,19 @@ async fn an_interrupted_builder_gets_a_new_node_and_the_build_finishes() {
     let first = platform(&building, "linux/arm64")
         .and_then(|p| p.node.clone())
         .expect("the builder's node");
-    let claim = nodeclaims(&s)
-        .list(&ListParams::default())
-        .await
-        .expect("listing NodeClaims")
-        .items
-        .into_iter()
-        .find(|c| c.data["status"]["nodeName"] == json!(first))
-        .expect("the NodeClaim of the builder's node");
+    // Karpenter records the node's name on its NodeClaim when the node registers, which can lag
+    // behind the pod running there
+    let claim = s
+        .poll("the NodeClaim of the builder's node", 60, || async {
+            nodeclaims(&s)
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|c| c.data["status"]["nodeName"] == json!(first))
+        })
+        .await;
 
     // what Karpenter does on a spot interruption: the NodeClaim goes, and with it the node
     // (the do-not-disrupt builder holds it for the NodePool's terminationGracePeriod, 30 s)
