@@ -165,7 +165,7 @@ EOF
 import json, subprocess, sys, time
 name, t0 = sys.argv[1], time.time()
 get = lambda *a: json.loads(subprocess.run(["kubectl", "get", *a, "-o", "json"], check=True, capture_output=True, text=True).stdout)
-seen, finished = {}, None
+seen, terminated = {}, {}
 def mark(key):
     seen.setdefault(key, time.time() - t0)
 while time.time() - t0 < 300:
@@ -180,7 +180,7 @@ while time.time() - t0 < 300:
             mark("bound " + arch)
         for s in p.get("status", {}).get("containerStatuses", []):
             if s.get("state", {}).get("terminated"):
-                finished = max(finished or 0, time.time() - t0)
+                terminated.setdefault(p["metadata"]["name"], time.time() - t0)
     conditions = get("mai", "-n", "bench", name).get("status", {}).get("conditions", [])
     if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
         mark("Ready")
@@ -190,6 +190,7 @@ while time.time() - t0 < 300:
     time.sleep(0.2)
 steps = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(seen.items(), key=lambda kv: kv[1]))
 print(f"  {name}: from apply: {steps}")
+finished = max(terminated.values(), default=None)  # when the last builder was first seen done
 if finished is not None and "nodes gone" in seen:
     print(f"  {name}: last builder finished -> nodes gone {seen['nodes gone'] - finished:.1f}s")
 EOF
