@@ -71,15 +71,15 @@ binary_name() { # package -> binary name
 # downloads the modules)
 cold_estimate() {
   case $1 in
-    kubernetes) echo "about 12 minutes for the four binaries, with the module downloads";;
+    kubernetes) echo "about 5 minutes for the four binaries, with the module downloads";;
     etcd) echo "about 1 minute";;
     kwok) echo "about 2 minutes";;
     helm) echo "about 1.5 minutes";;
     crane) echo "a few seconds";;
     buildkit) echo "about 2 minutes";;
-    karpenter) echo "about 10 minutes";;
-    flux) echo "about 15 minutes for both controllers";;
-    kstatus) echo "about 1 minute";;
+    karpenter) echo "about 2 minutes, with its Go toolchain";;
+    flux) echo "about 3.5 minutes for both controllers";;
+    kstatus) echo "a few seconds after Flux";;
   esac
 }
 
