@@ -447,7 +447,7 @@ async fn a_running_builders_node_is_kept_from_consolidation_while_a_plain_pods_i
     let mut m = s.mai("app", &["linux/arm64"]);
     m.metadata.annotations = Some(BTreeMap::from([(
         "e2e.multiarch.dev/fault.linux-arm64".into(),
-        "slow-150".into(),
+        "slow-300".into(),
     )]));
     s.apply(&m).await;
     let o = s
@@ -498,7 +498,7 @@ async fn a_running_builders_node_is_kept_from_consolidation_while_a_plain_pods_i
     let blocked = s
         .poll(
             "a DisruptionBlocked Event naming the builder pod",
-            60,
+            150,
             || async {
                 events
                     .list(&ListParams::default().fields("reason=DisruptionBlocked"))
