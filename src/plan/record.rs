@@ -30,17 +30,27 @@ pub fn record_rejected_builder(
     message: &str,
     now: Timestamp,
 ) -> Vec<PlannedEvent> {
-    let text = truncate_tail(message, MAX_MESSAGE_LEN);
-    transition(status, now, |status| {
-        mark_platform(
-            status,
-            platform,
-            PlatformPhase::Failed,
-            Reason::BuilderRejected,
-            &text,
-        );
+    let marked = (PlatformPhase::Failed, Reason::BuilderRejected);
+    record_platform(status, platform, marked, message, now, |_, text| {
         let msg = format!("{platform}: the builder was rejected: {text}");
         Verdict::new(Phase::Failed, Reason::BuilderRejected, msg)
+    })
+}
+
+/// Marks `platform` (left without a builder) with a phase, a reason and the message, then the
+/// object with the verdict `object` gives; returns the Events of the change.
+fn record_platform(
+    status: &mut MultiArchImageStatus,
+    platform: &Platform,
+    (phase, reason): (PlatformPhase, Reason),
+    message: &str,
+    now: Timestamp,
+    object: impl FnOnce(&MultiArchImageStatus, &str) -> Verdict,
+) -> Vec<PlannedEvent> {
+    let text = truncate_tail(message, MAX_MESSAGE_LEN);
+    transition(status, now, |status| {
+        mark_platform(status, platform, phase, reason, &text);
+        object(status, &text)
     })
 }
 
@@ -74,15 +84,8 @@ pub fn record_quota_wait(
     message: &str,
     now: Timestamp,
 ) -> Vec<PlannedEvent> {
-    let text = truncate_tail(message, MAX_MESSAGE_LEN);
-    transition(status, now, |status| {
-        mark_platform(
-            status,
-            platform,
-            PlatformPhase::Pending,
-            Reason::WaitingForQuota,
-            &text,
-        );
+    let marked = (PlatformPhase::Pending, Reason::WaitingForQuota);
+    record_platform(status, platform, marked, message, now, |status, text| {
         let phase = match status.phase {
             Some(Phase::Building) => Phase::Building,
             _ => Phase::Pending,

@@ -349,22 +349,35 @@ impl Registry {
         .await
     }
 
+    /// One request for the manifest at `reference` (`GET` or `HEAD`), accepting every manifest
+    /// type the engine reads, with pull access to `repo`.
+    async fn request_manifest(
+        &self,
+        method: reqwest::Method,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<Response, RegistryError> {
+        let url = self.transport.url(
+            repo.registry(),
+            &format!("{}/manifests/{reference}", repo.path()),
+        );
+        let scopes = [scope(repo.path(), "pull")];
+        self.transport
+            .send(repo.registry(), &scopes, |http| {
+                http.request(method.clone(), &url)
+                    .headers(accept(ACCEPTED_MANIFEST_TYPES))
+            })
+            .await
+    }
+
     /// A HEAD request for a manifest: its answer when it exists, `None` on 404.
     async fn head_manifest(
         &self,
         repo: &Repository,
         reference: &str,
     ) -> Result<Option<Response>, RegistryError> {
-        let url = self.transport.url(
-            repo.registry(),
-            &format!("{}/manifests/{reference}", repo.path()),
-        );
-        let scopes = [scope(repo.path(), "pull")];
         let response = self
-            .transport
-            .send(repo.registry(), &scopes, |http| {
-                http.head(&url).headers(accept(ACCEPTED_MANIFEST_TYPES))
-            })
+            .request_manifest(reqwest::Method::HEAD, repo, reference)
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -420,16 +433,8 @@ impl Registry {
         repo: &Repository,
         reference: &str,
     ) -> Result<FetchedManifest, RegistryError> {
-        let url = self.transport.url(
-            repo.registry(),
-            &format!("{}/manifests/{reference}", repo.path()),
-        );
-        let scopes = [scope(repo.path(), "pull")];
         let response = self
-            .transport
-            .send(repo.registry(), &scopes, |http| {
-                http.get(&url).headers(accept(ACCEPTED_MANIFEST_TYPES))
-            })
+            .request_manifest(reqwest::Method::GET, repo, reference)
             .await?;
         let response = expect(response, &[StatusCode::OK], "read manifest").await?;
         let reported = reported_digest(response.headers());
