@@ -53,9 +53,31 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
             return report(&ctx, &obj, &prev, invalid, &[], None).await;
         }
     };
-    let (builders, source) = match observe_object(&ctx, &obj, &desired, &prev).await? {
-        Observation::Seen { builders, source } => (builders, source),
-        Observation::CachesNotReady => return Ok(Requeue::requeue(Duration::from_secs(1))),
+    let (builders, source) = match observe_object(&ctx, &obj, &desired, &prev).await {
+        Ok(Observation::Seen { builders, source }) => (builders, source),
+        Ok(Observation::CachesNotReady) => return Ok(Requeue::requeue(Duration::from_secs(1))),
+        // a finished builder's image could not be checked: said at once, and retried
+        Err(e @ Error::CheckPushed { .. }) => {
+            warn!("the registry cannot be reached: {e}");
+            let mut status = prev.clone();
+            status.observed_generation = obj.metadata.generation;
+            let events = plan::record_registry_unreachable(&mut status, &e.to_string(), now);
+            let unreachable = Executed {
+                status,
+                events,
+                retry_after: Some(plan::REGISTRY_RETRY),
+            };
+            return report(
+                &ctx,
+                &obj,
+                &prev,
+                unreachable,
+                &[],
+                Some(plan::REGISTRY_RETRY),
+            )
+            .await;
+        }
+        Err(e) => return Err(e),
     };
     let observed = Observed {
         generation: obj.metadata.generation,

@@ -98,10 +98,11 @@ pub fn record_quota_wait(
 /// How soon a publish that could not reach the registry is tried again.
 pub const REGISTRY_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Says in `status` that publishing could not reach the registry (refused, timed out, failing):
-/// still `Publishing`, `Ready=False` and `Reconciling=True` with `RegistryUnavailable`, the error
-/// and the next try. Nothing was tagged (every check comes before any write, and a write that
-/// failed half way is repeated whole: the index is deterministic).
+/// Says in `status` that the registry could not be reached (refused, timed out, failing) while
+/// checking a finished builder's image or publishing: still in progress (`Building`, or
+/// `Publishing`), `Ready=False` and `Reconciling=True` with `RegistryUnavailable`, the error and
+/// the next try. Nothing was tagged (every check comes before any write, and a write that failed
+/// half way is repeated whole: the index is deterministic).
 pub fn record_registry_unreachable(
     status: &mut MultiArchImageStatus,
     error: &str,
@@ -110,8 +111,13 @@ pub fn record_registry_unreachable(
     let next = now + jiff::SignedDuration::try_from(REGISTRY_RETRY).unwrap_or_default();
     let next = next.round(jiff::Unit::Second).unwrap_or(next);
     let msg = format!("the registry cannot be reached: {error}; next try at {next}");
-    transition(status, now, |_| {
-        Verdict::new(Phase::Publishing, Reason::RegistryUnavailable, msg)
+    transition(status, now, |status| {
+        let phase = match status.phase {
+            Some(Phase::Publishing) => Phase::Publishing,
+            Some(Phase::Pending) => Phase::Pending,
+            _ => Phase::Building,
+        };
+        Verdict::new(phase, Reason::RegistryUnavailable, msg)
     })
 }
 
@@ -268,7 +274,16 @@ mod tests {
 
     #[test]
     fn a_registry_that_cannot_be_reached_keeps_publishing_in_progress_and_says_why() {
-        let mut status = MultiArchImageStatus::default();
+        let mut building = MultiArchImageStatus {
+            phase: Some(Phase::Building),
+            ..Default::default()
+        };
+        record_registry_unreachable(&mut building, "checking sha256:aa: refused", t(0));
+        assert_eq!(building.phase, Some(Phase::Building));
+        let mut status = MultiArchImageStatus {
+            phase: Some(Phase::Publishing),
+            ..Default::default()
+        };
         let events = record_registry_unreachable(&mut status, "pushing the index: timed out", t(0));
         assert_eq!(status.phase, Some(Phase::Publishing));
         let types: Vec<(&str, &str, &str)> = status
