@@ -69,6 +69,19 @@ writes = sum(v for k, v in diff.items() if k in ("create", "update", "patch", "d
 print(f"{total / n:.1f} requests ({writes / n:.1f} writes): " + ", ".join(f"{k} {v / n:.1f}" for k, v in diff.items() if v))
 EOF
 }
+apply_build() { # name repository tag run: a two-platform MultiArchImage in namespace bench
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: multiarch.dev/v1alpha1
+kind: MultiArchImage
+metadata: {name: $1, namespace: bench}
+spec:
+  source: {git: {url: "$E2E_GIT_URL", revision: main}}
+  image: $E2E_REGISTRY/bench/$2
+  tags: ["$3"]
+  platforms: [linux/amd64, linux/arm64]
+  buildArgs: [{name: RUN, value: "$4"}]
+EOF
+}
 mem() { awk '/^VmRSS|^VmHWM/ {printf "%s %.1f MiB  ", $1, $2 / 1024}' "/proc/$1/status"; }
 
 : >"$state/bench-operator.log"
@@ -79,17 +92,7 @@ before=$(requests)
 started=$SECONDS
 for i in $(seq "$BUILDS"); do
   t0=$(date +%s.%N)
-  kubectl apply -f - >/dev/null <<EOF
-apiVersion: multiarch.dev/v1alpha1
-kind: MultiArchImage
-metadata: {name: build-$i, namespace: bench}
-spec:
-  source: {git: {url: "$E2E_GIT_URL", revision: main}}
-  image: $E2E_REGISTRY/bench/app
-  tags: ["$i.0.0"]
-  platforms: [linux/amd64, linux/arm64]
-  buildArgs: [{name: RUN, value: "$i"}]
-EOF
+  apply_build "build-$i" app "$i.0.0" "$i"
   kubectl wait -n bench "mai/build-$i" --for=condition=Ready --timeout=120s >/dev/null
   echo "  build $i: $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")s from apply to Ready"
 done
@@ -149,17 +152,7 @@ kubectl delete mai -n bench --all --wait=false >/dev/null
 start karpenter
 for i in $(seq "$KARPENTER_RUNS"); do
   until [ "$(kubectl get nodeclaims -o name | wc -l)" -eq 0 ]; do sleep 1; done
-  kubectl apply -f - >/dev/null <<EOF
-apiVersion: multiarch.dev/v1alpha1
-kind: MultiArchImage
-metadata: {name: karpenter-$i, namespace: bench}
-spec:
-  source: {git: {url: "$E2E_GIT_URL", revision: main}}
-  image: $E2E_REGISTRY/bench/karpenter
-  tags: ["$i.0.0"]
-  platforms: [linux/amd64, linux/arm64]
-  buildArgs: [{name: RUN, value: "karpenter-$i"}]
-EOF
+  apply_build "karpenter-$i" karpenter "$i.0.0" "karpenter-$i"
   python3 - "karpenter-$i" <<'EOF'
 # polls the apiserver (kubectl) every 0.2 s and prints when each step was first seen
 import json, subprocess, sys, time

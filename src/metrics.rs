@@ -57,7 +57,6 @@ struct VerbLabels {
 pub enum ErrorCategory {
     Kubernetes,
     Registry,
-    Source,
     Metadata,
     BuilderNameTaken,
 }
@@ -67,7 +66,6 @@ impl ErrorCategory {
         match self {
             ErrorCategory::Kubernetes => "kubernetes",
             ErrorCategory::Registry => "registry",
-            ErrorCategory::Source => "source",
             ErrorCategory::Metadata => "metadata",
             ErrorCategory::BuilderNameTaken => "builder_name_taken",
         }

@@ -57,13 +57,6 @@ pub enum Error {
     /// predecessor of an object deleted and created again, not yet garbage-collected).
     #[error("builder {0} exists but is not owned by this object; waiting for it to go away")]
     BuilderNameTaken(String),
-    /// The git server could not be asked now.
-    #[error("resolving revision {revision} of {url}: {message}")]
-    ResolveSource {
-        url: String,
-        revision: String,
-        message: String,
-    },
     /// The registry could not be asked whether a builder's image is there.
     #[error("checking {digest} in the registry: {message}")]
     CheckPushed { digest: String, message: String },
@@ -84,7 +77,6 @@ impl Error {
         match self {
             Error::MissingMetadata => ErrorCategory::Metadata,
             Error::BuilderNameTaken(_) => ErrorCategory::BuilderNameTaken,
-            Error::ResolveSource { .. } => ErrorCategory::Source,
             Error::CheckPushed { .. }
             | Error::VerifyImages { .. }
             | Error::TagImage { .. }
@@ -106,7 +98,6 @@ impl Error {
         match self {
             Error::MissingMetadata => false,
             Error::BuilderNameTaken(_)
-            | Error::ResolveSource { .. }
             | Error::CheckPushed { .. }
             | Error::VerifyImages { .. }
             | Error::TagImage { .. }
@@ -179,15 +170,6 @@ mod tests {
                     message: "503".into(),
                 },
                 "registry",
-                true,
-            ),
-            (
-                Error::ResolveSource {
-                    url: "u".into(),
-                    revision: "main".into(),
-                    message: "timeout".into(),
-                },
-                "source",
                 true,
             ),
         ];

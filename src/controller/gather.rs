@@ -76,7 +76,10 @@ async fn quota_waits(
     for b in builders.iter_mut() {
         let podless = matches!(b.state, BuilderState::WaitingForNode { message: None, .. })
             && now.duration_since(b.created) >= PODLESS_GRACE;
-        let Some(job) = jobs.iter().find(|j| podless && j.name_any() == b.name) else {
+        if !podless {
+            continue;
+        }
+        let Some(job) = jobs.iter().find(|j| j.name_any() == b.name) else {
             continue;
         };
         let uid = job.metadata.uid.as_deref().unwrap_or_default();
@@ -201,8 +204,8 @@ pub(super) async fn get_secret(
         })
 }
 
-/// Resolves the revision; a network failure is an error (retried with backoff), a missing
-/// revision, denied access or a missing Secret becomes `SourceUnavailable`.
+/// Resolves the revision: a missing revision, denied access or a missing Secret is
+/// `Unavailable`, a server that cannot be reached `Unreachable` (both said in the status).
 async fn resolve_source(ctx: &Context, obj: &MultiArchImage) -> Result<SourceResolution, Error> {
     let git = &obj.spec.source.git;
     let credentials = match &git.secret_ref {
