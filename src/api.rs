@@ -46,7 +46,18 @@ pub const MAX_PRIMARY_TAG_LEN: usize = 96;
         json_path = ".spec.platforms",
         priority = "1"
     ),
+    printcolumn(
+        name = "Commit",
+        type_ = "string",
+        json_path = ".status.source.shortCommit"
+    ),
     printcolumn(name = "Digest", type_ = "string", json_path = ".status.digest"),
+    printcolumn(
+        name = "Suspended",
+        type_ = "boolean",
+        json_path = ".spec.suspend",
+        priority = "1"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -117,6 +128,55 @@ pub struct MultiArchImageSpec {
     #[serde(default = "default_retries")]
     #[schemars(range(min = 0, max = 10))]
     pub retries: i32,
+
+    /// Stops new builds and polling; a build in flight finishes. A spec change made while
+    /// suspended is built after resuming.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// The attestations each builder attaches to its image; kept in the published index next to
+    /// the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestations: Option<Attestations>,
+
+    /// What else starts a new build, besides a spec change, the rebuild annotation and (with
+    /// `source.git.pollInterval`) a new commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_on: Option<RebuildOn>,
+}
+
+/// Attestations attached to each platform's image.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attestations {
+    /// BuildKit's SLSA provenance: `min` (the default: base images, source, build arguments'
+    /// names), `max` (adds the full build definition and argument values) or `off`. The base
+    /// images of `rebuildOn.baseImages` are read from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<ProvenanceMode>,
+}
+
+/// How much provenance BuildKit records.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvenanceMode {
+    #[default]
+    Min,
+    Max,
+    Off,
+}
+
+/// Inputs besides the spec that start a new build when they change.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildOn {
+    /// Rebuild when a base image's tag (a `FROM` of the Dockerfile, read from the published
+    /// provenance) points to a new digest; checked at `source.git.pollInterval`, or at the
+    /// operator's `--base-image-interval` when that is unset. Needs provenance (not `off`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base_images: bool,
 }
 
 fn default_true() -> bool {
@@ -176,6 +236,14 @@ pub struct GitSource {
     /// the password, for GitHub/GitLab tokens), or `username` and `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
+
+    /// How often the revision is resolved again (for example `5m`); a new commit starts a build
+    /// of it. Unset: resolved only when a build starts. The operator raises shorter intervals to
+    /// its `--min-poll-interval` (1m by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != ''").message("pollInterval must be a duration like 5m, 1h or 90s"))]
+    pub poll_interval: Option<String>,
 }
 
 fn default_revision() -> String {
@@ -311,6 +379,76 @@ pub struct MultiArchImageStatus {
     /// it cannot; the object stalls after the operator's `--source-stall-after`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_unreachable_since: Option<Time>,
+
+    /// The base images of the published build, read from its provenance: the ones
+    /// `rebuildOn.baseImages` watches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base_images: Vec<BaseImage>,
+
+    /// The last builds, newest first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A base image a platform was built from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseImage {
+    /// The platform built from it.
+    pub platform: String,
+    /// The image as the Dockerfile names it, with its tag (`registry/repo:tag`).
+    pub name: String,
+    /// The digest the tag pointed to when the build resolved it.
+    pub digest: String,
+}
+
+/// What started a build.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Trigger {
+    /// A new object or a changed spec.
+    SpecChange,
+    /// A new value of the `multiarch.dev/rebuild` annotation.
+    RebuildAnnotation,
+    /// The polled revision moved to a new commit.
+    NewCommit,
+    /// A base image's tag moved to a new digest.
+    BaseImage,
+}
+
+/// How a build ended.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum BuildResult {
+    Succeeded,
+    Failed,
+    /// Replaced by a newer build before it finished.
+    Superseded,
+}
+
+/// One build in `status.history`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The build id (part of its builders' names).
+    pub build_id: String,
+    /// The commit it built.
+    pub commit: String,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Details of the trigger: the base image and its two digests, or the rebuild value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// How it ended; unset while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<BuildResult>,
+    /// The digest of the index it published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
 }
 
 /// The identity of a build.
@@ -318,8 +456,13 @@ pub struct MultiArchImageStatus {
 #[serde(rename_all = "camelCase")]
 pub struct BuildStatus {
     /// A hash of the build inputs (source, Dockerfile, arguments, target, platforms, image,
-    /// builder) and the rebuild annotation; part of every builder's name.
+    /// builder), the rebuild annotation and the commit (and, for a base-image rebuild, the new
+    /// base digests); part of every builder's name.
     pub id: String,
+    /// The hash of the spec's build inputs and the rebuild annotation this build was started for
+    /// (a build recorded without it started for `id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_key: Option<String>,
     /// When the build started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -331,6 +474,9 @@ pub struct BuildStatus {
 pub struct SourceStatus {
     /// The commit every platform builds.
     pub commit: String,
+    /// Its first 12 characters (the `Commit` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_commit: Option<String>,
     /// The revision it was resolved from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
@@ -410,11 +556,14 @@ pub enum Reason {
     PublishFailed,
     WaitingForQuota,
     RegistryUnavailable,
+    NewCommit,
+    BaseImageMoved,
+    SourceResolved,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Building,
         Reason::WaitingForNode,
         Reason::Publishing,
@@ -429,6 +578,9 @@ impl Reason {
         Reason::PublishFailed,
         Reason::WaitingForQuota,
         Reason::RegistryUnavailable,
+        Reason::NewCommit,
+        Reason::BaseImageMoved,
+        Reason::SourceResolved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -447,6 +599,9 @@ impl Reason {
             Reason::PublishFailed => "PublishFailed",
             Reason::WaitingForQuota => "WaitingForQuota",
             Reason::RegistryUnavailable => "RegistryUnavailable",
+            Reason::NewCommit => "NewCommit",
+            Reason::BaseImageMoved => "BaseImageMoved",
+            Reason::SourceResolved => "SourceResolved",
         }
     }
 

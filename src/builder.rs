@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use crate::api::{MultiArchImage, MultiArchImageSpec};
+use crate::api::{MultiArchImage, MultiArchImageSpec, ProvenanceMode};
 use crate::config::BuilderDefaults;
 use crate::platform::Platform;
 use crate::validate::DesiredBuild;
@@ -261,6 +261,15 @@ pub fn buildctl_args(input: &BuilderInput<'_>) -> Vec<String> {
     }
     if spec.source.git.secret_ref.is_some() {
         args.push("--secret=id=GIT_AUTH_TOKEN,env=GIT_AUTH_TOKEN".to_string());
+    }
+    if let Some(mode) = input.desired.provenance {
+        // BuildKit pushes an index: the image and, after it, its provenance attestation
+        let mode = if mode == ProvenanceMode::Max {
+            "max"
+        } else {
+            "min"
+        };
+        args.push(format!("--opt=attest:provenance=mode={mode}"));
     }
     args.push(format!("--import-cache=type=registry,ref={cache}"));
     args.push(format!(

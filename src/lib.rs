@@ -29,6 +29,7 @@ pub mod health;
 pub mod metrics;
 pub mod plan;
 pub mod platform;
+pub mod provenance;
 pub mod publish;
 pub mod reference;
 pub mod secrets;

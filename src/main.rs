@@ -81,6 +81,13 @@ struct RunArgs {
     /// (`Stalled`/`SourceUnavailable`, still retried at the source retry interval).
     #[arg(long, env = "MULTIARCH_SOURCE_STALL_AFTER", default_value = "5m")]
     source_stall_after: String,
+    /// The shortest `spec.source.git.pollInterval` honoured; shorter intervals are raised to it.
+    #[arg(long, env = "MULTIARCH_MIN_POLL_INTERVAL", default_value = "1m")]
+    min_poll_interval: String,
+    /// How often base images are checked for an object with `rebuildOn.baseImages` and no
+    /// `pollInterval`.
+    #[arg(long, env = "MULTIARCH_BASE_IMAGE_INTERVAL", default_value = "1h")]
+    base_image_interval: String,
     /// How long a call to the Kubernetes API may go unanswered (and connecting and sending
     /// take) before it fails and is retried.
     #[arg(long, env = "MULTIARCH_API_TIMEOUT", default_value = "15s")]
@@ -253,6 +260,8 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
         leader_election,
         source_retry: parse_duration(&args.source_retry_interval)?,
         source_stall_after: parse_duration(&args.source_stall_after)?,
+        min_poll_interval: parse_duration(&args.min_poll_interval)?,
+        base_image_interval: parse_duration(&args.base_image_interval)?,
     })
 }
 

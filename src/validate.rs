@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 
-use crate::api::{MultiArchImage, MultiArchImageSpec, REBUILD_ANNOTATION};
+use crate::api::{MultiArchImage, MultiArchImageSpec, ProvenanceMode, REBUILD_ANNOTATION};
 use crate::config::{parse_compact_duration, BuilderDefaults};
 use crate::platform::Platform;
 use crate::reference::{Repository, Tag, MAX_TAG_LEN};
@@ -16,6 +16,10 @@ use crate::reference::{Repository, Tag, MAX_TAG_LEN};
 #[derive(Clone, Debug, PartialEq)]
 pub struct DesiredBuild {
     /// Identifies the build inputs (and the rebuild annotation): a new value means a new build.
+    pub spec_key: String,
+    /// The id of the build this reconcile works on: the recorded build's while the spec asks for
+    /// it, else `spec_key` until the planner decides the new build's id (see
+    /// `plan::build::new_build_id`).
     pub build_id: String,
     pub repository: Repository,
     pub tags: Vec<Tag>,
@@ -27,6 +31,21 @@ pub struct DesiredBuild {
     pub provisioning_timeout: Duration,
     /// The rebuild annotation's value, if any.
     pub rebuild: Option<String>,
+    /// What starts builds besides the spec: polling, base images, suspension.
+    pub follow: Follow,
+    /// BuildKit's provenance attestation: `mode=min|max`, or `None` when off.
+    pub provenance: Option<ProvenanceMode>,
+}
+
+/// How the object follows its inputs between spec changes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Follow {
+    /// `spec.source.git.pollInterval`, as written (the operator raises it to its minimum).
+    pub poll_interval: Option<Duration>,
+    /// `spec.rebuildOn.baseImages`.
+    pub base_images: bool,
+    /// `spec.suspend`.
+    pub suspend: bool,
 }
 
 impl DesiredBuild {
@@ -87,8 +106,20 @@ pub fn validate(
         .as_ref()
         .and_then(|a| a.get(REBUILD_ANNOTATION))
         .cloned();
+    let follow = follow(spec)?;
+    let provenance = match spec.attestations.as_ref().and_then(|a| a.provenance) {
+        Some(ProvenanceMode::Off) => None,
+        mode => Some(mode.unwrap_or_default()),
+    };
+    if follow.base_images && provenance.is_none() {
+        return Err(invalid(
+            "spec.rebuildOn.baseImages needs provenance: the base images are read from it (set spec.attestations.provenance to min or max)".into(),
+        ));
+    }
+    let spec_key = build_id(spec, rebuild.as_deref());
     Ok(DesiredBuild {
-        build_id: build_id(spec, rebuild.as_deref()),
+        build_id: spec_key.clone(),
+        spec_key,
         repository,
         tags,
         platforms,
@@ -97,6 +128,23 @@ pub fn validate(
         timeout,
         provisioning_timeout,
         rebuild,
+        follow,
+        provenance,
+    })
+}
+
+fn follow(spec: &MultiArchImageSpec) -> Result<Follow, InvalidSpec> {
+    let poll_interval = match &spec.source.git.poll_interval {
+        None => None,
+        Some(s) => Some(
+            parse_compact_duration(s)
+                .map_err(|e| invalid(format!("spec.source.git.pollInterval: {e}")))?,
+        ),
+    };
+    Ok(Follow {
+        poll_interval,
+        base_images: spec.rebuild_on.as_ref().is_some_and(|r| r.base_images),
+        suspend: spec.suspend,
     })
 }
 
@@ -222,10 +270,15 @@ pub fn has_userinfo(url: &str) -> bool {
         .is_some_and(|authority| authority.contains('@'))
 }
 
-/// A short hash of the build inputs: everything but the tags, `platformTags` and `retries`.
+/// A short hash of the build inputs: everything but the tags, `platformTags`, `retries` and how
+/// the object follows its inputs (`pollInterval`, `rebuildOn`, `suspend`). Fields added since
+/// v1alpha1's first release enter the hash only when set, so that an object written before them
+/// keeps its build.
 pub fn build_id(spec: &MultiArchImageSpec, rebuild: Option<&str>) -> String {
-    let inputs = serde_json::json!({
-        "source": spec.source,
+    let mut source = spec.source.clone();
+    source.git.poll_interval = None;
+    let mut inputs = serde_json::json!({
+        "source": source,
         "buildArgs": spec.build_args,
         "target": spec.target,
         "image": spec.image,
@@ -235,6 +288,9 @@ pub fn build_id(spec: &MultiArchImageSpec, rebuild: Option<&str>) -> String {
         "pushSecretRef": spec.push_secret_ref,
         "rebuild": rebuild,
     });
+    if let Some(a) = &spec.attestations {
+        inputs["attestations"] = serde_json::json!(a);
+    }
     let hash = sha2::Sha256::digest(inputs.to_string().as_bytes());
     hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
@@ -385,5 +441,37 @@ pub(crate) mod tests {
         let rebuilt = validate(&obj, &BuilderDefaults::default()).unwrap();
         assert_ne!(base, rebuilt.build_id);
         assert_eq!(rebuilt.rebuild.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn following_and_suspending_keep_the_build_and_provenance_changes_it() {
+        let base = check(serde_json::json!({})).unwrap();
+        assert_eq!(base.provenance, Some(ProvenanceMode::Min));
+        assert_eq!(base.follow, Follow::default());
+        let url = "https://git.example.com/team/apiping.git";
+        let followed = check(serde_json::json!({
+            "source": {"git": {"url": url, "revision": "main", "pollInterval": "5m"}},
+            "rebuildOn": {"baseImages": true},
+            "suspend": true,
+        }))
+        .unwrap();
+        assert_eq!(followed.spec_key, base.spec_key);
+        assert_eq!(
+            followed.follow,
+            Follow {
+                poll_interval: Some(Duration::from_secs(300)),
+                base_images: true,
+                suspend: true
+            }
+        );
+        let off = check(serde_json::json!({"attestations": {"provenance": "off"}})).unwrap();
+        assert_ne!(off.spec_key, base.spec_key);
+        assert_eq!(off.provenance, None);
+        let err = check(serde_json::json!({
+            "attestations": {"provenance": "off"},
+            "rebuildOn": {"baseImages": true},
+        }))
+        .unwrap_err();
+        assert!(err.0.contains("needs provenance"), "{err}");
     }
 }

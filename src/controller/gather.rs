@@ -1,6 +1,7 @@
 //! The observe step of a reconcile: what the planner reads, gathered from the reflector stores
 //! (the object's builder Jobs and Pods), the registry (is a finished builder's image there) and
-//! the git server (the commit of a new build).
+//! the git server (the commit of a new build), and, when a poll is due, the inputs a published
+//! build follows (`follow`).
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -14,7 +15,9 @@ use super::{publishing, Context, Error};
 use crate::api::{MultiArchImage, MultiArchImageStatus, PlatformPhase};
 use crate::builder::{platform_label, LABEL_BUILD, LABEL_IMAGE, LABEL_PLATFORM};
 use crate::git::{self, GitCredentials, GitError};
-use crate::plan::{needs_source, same_build, BuilderObservation, BuilderState, SourceResolution};
+use crate::plan::{
+    needs_source, same_build, BuilderObservation, BuilderState, FollowCheck, SourceResolution,
+};
 use crate::validate::DesiredBuild;
 
 /// What the cluster and the source show for one object.
@@ -23,6 +26,8 @@ pub(super) enum Observation {
     Seen {
         builders: Vec<BuilderObservation>,
         source: Option<SourceResolution>,
+        /// What a poll of the inputs found, when one was due.
+        follow: Option<FollowCheck>,
     },
     /// The stores have not seen their first complete list yet: an empty store right after a
     /// restart is not "no builders".
@@ -55,7 +60,12 @@ pub(super) async fn observe_object(
     } else {
         None
     };
-    Ok(Observation::Seen { builders, source })
+    let follow = super::follow::poll_if_due(ctx, obj, desired, prev).await?;
+    Ok(Observation::Seen {
+        builders,
+        source,
+        follow,
+    })
 }
 
 /// How long a Job may be without a pod before the operator asks why (the Job controller
@@ -206,7 +216,10 @@ pub(super) async fn get_secret(
 
 /// Resolves the revision: a missing revision, denied access or a missing Secret is
 /// `Unavailable`, a server that cannot be reached `Unreachable` (both said in the status).
-async fn resolve_source(ctx: &Context, obj: &MultiArchImage) -> Result<SourceResolution, Error> {
+pub(super) async fn resolve_source(
+    ctx: &Context,
+    obj: &MultiArchImage,
+) -> Result<SourceResolution, Error> {
     let git = &obj.spec.source.git;
     let credentials = match &git.secret_ref {
         None => None,

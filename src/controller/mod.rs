@@ -6,6 +6,7 @@
 
 mod error;
 mod execute;
+mod follow;
 mod gather;
 pub mod leader;
 mod observe;
@@ -60,6 +61,10 @@ pub struct Settings {
     pub source_retry: std::time::Duration,
     /// How long an unreachable git server keeps a new build in progress before it stalls.
     pub source_stall_after: std::time::Duration,
+    /// The shortest poll interval honoured.
+    pub min_poll_interval: std::time::Duration,
+    /// How often base images are checked when only `rebuildOn.baseImages` is set.
+    pub base_image_interval: std::time::Duration,
 }
 
 /// Shared state of the reconcilers.
@@ -72,6 +77,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<ObjectRef<MultiArchImage>, u32>>,
+    /// When each followed object is polled next.
+    pub(crate) polls: follow::Polls,
 }
 
 fn backoff(ctx: &Context, obj: &MultiArchImage) -> Duration {
@@ -337,6 +344,7 @@ fn context(
         recorder,
         metrics,
         failures: Mutex::new(HashMap::new()),
+        polls: follow::Polls::default(),
     })
 }
 

@@ -17,7 +17,7 @@ use crate::reference::{Digest, Tag};
 use crate::validate::DesiredBuild;
 
 /// Whether the object's registry credentials can be used.
-enum Credentials {
+pub(super) enum Credentials {
     /// A publishing engine with them.
     Ok(Publisher),
     /// A missing or malformed push Secret: a refusal the user must fix, with the reason.
@@ -25,7 +25,7 @@ enum Credentials {
 }
 
 /// A publishing engine with the object's registry credentials (`pushSecretRef`).
-async fn publisher(ctx: &Context, obj: &MultiArchImage) -> Result<Credentials, Error> {
+pub(super) async fn publisher(ctx: &Context, obj: &MultiArchImage) -> Result<Credentials, Error> {
     let credentials = match &obj.spec.push_secret_ref {
         None => DockerConfig::empty(),
         Some(r) => {
@@ -144,9 +144,11 @@ pub async fn publish(
         Ok(digest) => {
             let image_ref = format!("{}@{digest}", desired.repository);
             info!(digest = %digest, tags = ?desired.tags.iter().map(Tag::as_str).collect::<Vec<_>>(), "published the index");
+            let base_images = super::follow::base_images_of(&publisher, &plan).await;
             Ok(PublishOutcome::Published {
                 digest: digest.to_string(),
                 image_ref,
+                base_images,
             })
         }
         Err(e) if e.is_transient() => Err(Error::PushIndex {

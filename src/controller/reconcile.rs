@@ -35,12 +35,13 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
     if obj.metadata.deletion_timestamp.is_some() {
         // builders are owned by the object: the garbage collector stops them; the registry is
         // never touched
+        ctx.polls.forget(&obj.uid().unwrap_or_default());
         return Ok(Requeue::await_change());
     }
     let now = Timestamp::now();
     let prev = obj.status.clone().unwrap_or_default();
 
-    let desired = match validate(&obj, &ctx.settings.defaults) {
+    let mut desired = match validate(&obj, &ctx.settings.defaults) {
         Ok(d) => d,
         Err(invalid) => {
             let status = invalid_spec_status(&prev, &invalid.0, obj.metadata.generation, now);
@@ -53,8 +54,15 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
             return report(&ctx, &obj, &prev, invalid, &[], None).await;
         }
     };
-    let (builders, source) = match observe_object(&ctx, &obj, &desired, &prev).await {
-        Ok(Observation::Seen { builders, source }) => (builders, source),
+    if plan::same_spec(&prev, &desired.spec_key) {
+        desired.build_id = plan::build_id(&prev).unwrap_or_default().to_string();
+    }
+    let (builders, source, follow) = match observe_object(&ctx, &obj, &desired, &prev).await {
+        Ok(Observation::Seen {
+            builders,
+            source,
+            follow,
+        }) => (builders, source, follow),
         Ok(Observation::CachesNotReady) => return Ok(Requeue::requeue(Duration::from_secs(1))),
         // a finished builder's image could not be checked: said at once, and retried
         Err(e @ Error::CheckPushed { .. }) => {
@@ -88,13 +96,17 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
         finished_ttl: ctx.settings.defaults.finished_ttl,
         source_retry: ctx.settings.source_retry,
         source_stall_after: ctx.settings.source_stall_after,
+        follow,
     };
     let plan = plan::plan(&desired, &observed, now);
+    desired.build_id = plan.build_id.clone();
     let done = execute(&ctx, &obj, &desired, &prev, &plan, now).await?;
-    let requeue_after = match (plan.requeue_after, done.retry_after) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let next_poll = super::follow::interval(&ctx, &desired)
+        .and_then(|_| ctx.polls.next_in(&obj.uid().unwrap_or_default()));
+    let requeue_after = [plan.requeue_after, done.retry_after, next_poll]
+        .into_iter()
+        .flatten()
+        .min();
     report(&ctx, &obj, &prev, done, &builders, requeue_after).await
 }
 
@@ -108,6 +120,8 @@ async fn report(
     builders: &[BuilderObservation],
     requeue_after: Option<Duration>,
 ) -> Result<Requeue, Error> {
+    let mut done = done;
+    plan::settle_history(&mut done.status, Timestamp::now());
     write_status(ctx, obj, prev, &done.status).await?;
     emit(ctx, obj, &done.events).await;
     count_finished_builds(ctx, prev, &done.status, builders);

@@ -1,20 +1,26 @@
-//! Deciding the build: when the spec asks for a build other than the one in status, a new build
-//! starts, with the commit its existing builders carry (an operator restarted mid-build adopts
-//! them) or else the freshly resolved one.
+//! Deciding the build: a new build starts when the spec asks for one other than the one in
+//! status (with the freshly resolved commit), when the polled branch moved to a new commit, or
+//! when a base image's tag moved; a suspended object starts none for a new spec.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::Verdict;
-use super::{Observed, SourceResolution};
-use crate::api::{BuildStatus, MultiArchImageStatus, Phase, Reason, SourceStatus};
+use super::{MovedBase, Observed, SourceResolution};
+use crate::api::{
+    BuildStatus, MultiArchImageStatus, Phase, Reason, SourceStatus, Trigger, REBUILD_ANNOTATION,
+};
 use crate::validate::DesiredBuild;
 
-/// How a build other than the recorded one starts.
+/// What the reconcile does about the build.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Decision {
-    /// Start it on this commit.
-    Start { commit: String },
+    /// Go on with the recorded build.
+    Keep,
+    /// Start a new build on this commit.
+    Start(NewBuild),
+    /// The spec asks for a new build, but the object is suspended: nothing starts.
+    Suspended,
     /// The source cannot be resolved as given: the object stalls until it can.
     SourceUnavailable(String),
     /// The git server could not be asked: in progress, retried, until it has been unreachable for
@@ -24,16 +30,55 @@ pub(super) enum Decision {
     AwaitSource,
 }
 
-/// Which commit the desired build starts with, if it can start.
+/// A build to start: its id, commit, and what started it.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct NewBuild {
+    pub id: String,
+    pub commit: String,
+    pub trigger: Trigger,
+    /// The trigger's details (the moved base image, the rebuild value).
+    pub detail: Option<String>,
+}
+
+/// The id of a build: the spec key, the commit, and for a base-image rebuild the new base
+/// digests (`token`). Eight hex digits, like the spec key.
+pub fn new_build_id(spec_key: &str, commit: &str, token: Option<&str>) -> String {
+    use sha2::Digest as _;
+    let inputs = serde_json::json!({"spec": spec_key, "commit": commit, "token": token});
+    let hash = sha2::Sha256::digest(inputs.to_string().as_bytes());
+    hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decides the build: the recorded one, a new one (for a new spec, a new commit of a polled
+/// branch or a moved base image), or why none can start.
 pub(super) fn decide(desired: &DesiredBuild, observed: &Observed<'_>) -> Decision {
+    if super::same_spec(observed.status, &desired.spec_key) {
+        return follow_up(desired, observed);
+    }
+    if desired.follow.suspend {
+        return Decision::Suspended;
+    }
+    // builders of the build that a release before commits entered the id started (named by the
+    // spec key) are adopted with their commit
     let adopted = observed
         .builders
         .iter()
-        .find(|b| b.build_id == desired.build_id)
+        .find(|b| b.build_id == desired.spec_key)
         .map(|b| b.commit.clone());
+    let (trigger, detail) = spec_trigger(desired, observed.status);
+    let start = |id: String, commit: String| {
+        Decision::Start(NewBuild {
+            id,
+            commit,
+            trigger,
+            detail: detail.clone(),
+        })
+    };
     match (adopted, &observed.source) {
-        (Some(commit), _) => Decision::Start { commit },
-        (None, Some(SourceResolution::Resolved(c))) => Decision::Start { commit: c.clone() },
+        (Some(commit), _) => start(desired.spec_key.clone(), commit),
+        (None, Some(SourceResolution::Resolved(c))) => {
+            start(new_build_id(&desired.spec_key, c, None), c.clone())
+        }
         (None, Some(SourceResolution::Unavailable(msg))) => {
             Decision::SourceUnavailable(msg.clone())
         }
@@ -42,6 +87,56 @@ pub(super) fn decide(desired: &DesiredBuild, observed: &Observed<'_>) -> Decisio
         }
         (None, None) => Decision::AwaitSource,
     }
+}
+
+/// Why a new spec key builds: the rebuild annotation when only it changed, else the spec.
+fn spec_trigger(desired: &DesiredBuild, prev: &MultiArchImageStatus) -> (Trigger, Option<String>) {
+    match (&prev.build, &desired.rebuild) {
+        (Some(_), Some(value)) if prev.rebuild.as_ref() != Some(value) => (
+            Trigger::RebuildAnnotation,
+            Some(format!("{REBUILD_ANNOTATION}={value}")),
+        ),
+        _ => (Trigger::SpecChange, None),
+    }
+}
+
+/// For the recorded spec: a new build when the polled branch moved or a base image moved.
+fn follow_up(desired: &DesiredBuild, observed: &Observed<'_>) -> Decision {
+    let Some(check) = &observed.follow else {
+        return Decision::Keep;
+    };
+    let current = observed
+        .status
+        .source
+        .as_ref()
+        .map(|s| s.commit.as_str())
+        .unwrap_or_default();
+    let polled = match &check.source {
+        Some(SourceResolution::Resolved(c)) => Some(c.as_str()),
+        _ => None,
+    };
+    if let Some(commit) = polled.filter(|c| *c != current) {
+        return Decision::Start(NewBuild {
+            id: new_build_id(&desired.spec_key, commit, None),
+            commit: commit.to_string(),
+            trigger: Trigger::NewCommit,
+            detail: Some(format!(
+                "{} moved from {current} to {commit}",
+                observed.revision
+            )),
+        });
+    }
+    if check.moved.is_empty() {
+        return Decision::Keep;
+    }
+    let token: Vec<&str> = check.moved.iter().map(|m| m.to.as_str()).collect();
+    let detail: Vec<String> = check.moved.iter().map(MovedBase::describe).collect();
+    Decision::Start(NewBuild {
+        id: new_build_id(&desired.spec_key, current, Some(&token.join(","))),
+        commit: current.to_string(),
+        trigger: Trigger::BaseImage,
+        detail: Some(detail.join("; ")),
+    })
 }
 
 /// How soon an unreachable git server is asked again while the build is in progress (after the
@@ -85,26 +180,31 @@ pub(super) fn unreachable(
     retry
 }
 
-/// Records a new build in `status`: its id, commit and revision, no platforms yet, `Pending`.
+/// Records a new build in `status`: its id, commit and revision, a history entry, no platforms
+/// or base images yet, `Pending`.
 pub(super) fn start(
     status: &mut MultiArchImageStatus,
     desired: &DesiredBuild,
-    commit: String,
+    build: &NewBuild,
     revision: &str,
     now: Timestamp,
 ) {
     status.build = Some(BuildStatus {
-        id: desired.build_id.clone(),
+        id: build.id.clone(),
+        spec_key: Some(desired.spec_key.clone()),
         started_at: Some(Time(now)),
     });
     status.source = Some(SourceStatus {
-        commit,
+        short_commit: Some(build.commit.chars().take(12).collect()),
+        commit: build.commit.clone(),
         revision: Some(revision.to_string()),
     });
     status.rebuild = desired.rebuild.clone();
     status.source_unreachable_since = None;
     status.platforms = Vec::new();
+    status.base_images = Vec::new();
     status.phase = Some(Phase::Pending);
+    super::history::start(status, build, now);
 }
 
 #[cfg(test)]
@@ -122,9 +222,12 @@ mod tests {
         let decision = decide(&d, &observed(&status, &[b], source));
         assert_eq!(
             decision,
-            Decision::Start {
-                commit: "1111".into()
-            }
+            Decision::Start(NewBuild {
+                id: d.spec_key.clone(),
+                commit: "1111".into(),
+                trigger: Trigger::SpecChange,
+                detail: None,
+            })
         );
     }
 
@@ -136,9 +239,12 @@ mod tests {
             (None, Decision::AwaitSource),
             (
                 Some(SourceResolution::Resolved(COMMIT.into())),
-                Decision::Start {
+                Decision::Start(NewBuild {
+                    id: new_build_id(&d.spec_key, COMMIT, None),
                     commit: COMMIT.into(),
-                },
+                    trigger: Trigger::SpecChange,
+                    detail: None,
+                }),
             ),
             (
                 Some(SourceResolution::Unavailable("denied".into())),
@@ -232,8 +338,15 @@ mod tests {
             platforms: vec![crate::plan::tests::platform_status("linux/amd64")],
             ..Default::default()
         };
-        start(&mut status, &d, COMMIT.into(), "main", t(5));
-        assert_eq!(status.build.as_ref().unwrap().id, d.build_id);
+        let build = NewBuild {
+            id: "b1".into(),
+            commit: COMMIT.into(),
+            trigger: Trigger::SpecChange,
+            detail: None,
+        };
+        start(&mut status, &d, &build, "main", t(5));
+        assert_eq!(status.build.as_ref().unwrap().id, "b1");
+        assert_eq!(status.history[0].build_id, "b1");
         assert_eq!(status.source.as_ref().unwrap().commit, COMMIT);
         assert!(status.platforms.is_empty());
         assert_eq!(status.phase, Some(Phase::Pending));

@@ -38,6 +38,9 @@ impl Verdict {
     }
 }
 
+/// The condition types a verdict writes.
+const KSTATUS_TYPES: [&str; 3] = ["Ready", "Stalled", "Reconciling"];
+
 /// Writes verdicts into a status, keeping the transition times of the previous status.
 pub struct Conditions<'a> {
     prev: &'a MultiArchImageStatus,
@@ -55,10 +58,17 @@ impl<'a> Conditions<'a> {
         }
     }
 
-    /// Sets the phase and the conditions of `status` to say `verdict`.
+    /// Sets the phase and the kstatus conditions of `status` to say `verdict`; conditions of
+    /// other types (`SourceResolved`) are kept after them.
     pub fn apply(&self, status: &mut MultiArchImageStatus, verdict: &Verdict) {
         status.phase = Some(verdict.phase);
+        let others: Vec<Condition> = status
+            .conditions
+            .drain(..)
+            .filter(|c| !KSTATUS_TYPES.contains(&c.type_.as_str()))
+            .collect();
         status.conditions = self.list(verdict);
+        status.conditions.extend(others);
     }
 
     /// The previous status's conditions, unchanged.

@@ -39,6 +39,8 @@ mod build;
 mod cleanup;
 mod conditions;
 mod events;
+mod follow;
+mod history;
 mod platform;
 mod record;
 mod summary;
@@ -52,8 +54,10 @@ use crate::api::{MultiArchImageStatus, Phase, PlatformStatus, Reason};
 use crate::platform::Platform;
 use crate::validate::DesiredBuild;
 
+pub use build::new_build_id;
 pub use conditions::{Conditions, Verdict};
 pub use events::events_between;
+pub use history::settle as settle_history;
 pub use record::{
     invalid_spec_status, record_publish, record_quota_wait, record_registry_unreachable,
     record_rejected_builder, PublishOutcome, QUOTA_RETRY, REGISTRY_RETRY,
@@ -143,6 +147,33 @@ pub enum SourceResolution {
     Unreachable(String),
 }
 
+/// What a poll of a published (or failed) build found: the branch's commit now, and the base
+/// images whose tags moved.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FollowCheck {
+    /// The polled revision's commit, or why it could not be resolved; `None` when the branch is
+    /// not polled (only base images are).
+    pub source: Option<SourceResolution>,
+    /// Base images whose tag points to a new digest.
+    pub moved: Vec<MovedBase>,
+}
+
+/// A base image whose tag moved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MovedBase {
+    /// `registry/repo:tag`.
+    pub name: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl MovedBase {
+    /// `name moved from sha256:... to sha256:...`.
+    pub fn describe(&self) -> String {
+        format!("{} moved from {} to {}", self.name, self.from, self.to)
+    }
+}
+
 /// Everything the planner reads.
 pub struct Observed<'a> {
     pub generation: Option<i64>,
@@ -158,6 +189,8 @@ pub struct Observed<'a> {
     pub source_retry: Duration,
     /// How long an unreachable git server keeps a new build in progress before it stalls.
     pub source_stall_after: Duration,
+    /// What a poll found, when one was due (see `FollowCheck`).
+    pub follow: Option<FollowCheck>,
 }
 
 /// One thing to do.
@@ -192,6 +225,8 @@ pub struct PlannedEvent {
 /// The planner's decision.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
+    /// The build the actions are about (builders are named and labelled with it).
+    pub build_id: String,
     pub status: MultiArchImageStatus,
     pub actions: Vec<Action>,
     /// When to look again even if nothing changes (the next deadline).
@@ -209,15 +244,25 @@ pub fn same_build(status: &MultiArchImageStatus, id: &str) -> bool {
     build_id(status) == Some(id)
 }
 
-/// True when the current build differs from what the spec asks for and no builder of the new
-/// build exists yet, so the source must be resolved.
+/// True when the recorded build was started for the spec key `key` (a build recorded without a
+/// spec key, by a release before commits entered build ids, was named by it).
+pub fn same_spec(status: &MultiArchImageStatus, key: &str) -> bool {
+    status
+        .build
+        .as_ref()
+        .is_some_and(|b| b.spec_key.as_deref().unwrap_or(&b.id) == key)
+}
+
+/// True when the spec asks for a build other than the recorded one and no builder named by its
+/// spec key exists (see `build::decide`), so the source must be resolved.
 pub fn needs_source(
     desired: &DesiredBuild,
     status: &MultiArchImageStatus,
     builders: &[BuilderObservation],
 ) -> bool {
-    !same_build(status, &desired.build_id)
-        && !builders.iter().any(|b| b.build_id == desired.build_id)
+    !same_spec(status, &desired.spec_key)
+        && !desired.follow.suspend
+        && !builders.iter().any(|b| b.build_id == desired.spec_key)
 }
 
 /// Decides what to do. See the module doc for the state machine and the steps.
@@ -226,26 +271,53 @@ pub fn plan(desired: &DesiredBuild, observed: &Observed<'_>, now: Timestamp) -> 
     let mut status = prev.clone();
     status.observed_generation = observed.generation;
     let conditions = Conditions::new(prev, now, observed.generation);
-    let same = same_build(prev, &desired.build_id);
-    if !same {
-        match build::decide(desired, observed) {
-            build::Decision::Start { commit } => {
-                build::start(&mut status, desired, commit, observed.revision, now)
-            }
-            build::Decision::SourceUnavailable(message) => {
-                let verdict = Verdict::new(Phase::Failed, Reason::SourceUnavailable, message);
-                status.source_unreachable_since = None;
-                conditions.apply(&mut status, &verdict);
-                return finish(prev, status, Vec::new(), Some(observed.source_retry));
-            }
-            build::Decision::SourceUnreachable(message) => {
-                let retry = build::unreachable(&mut status, observed, &message, now);
-                return finish(prev, status, Vec::new(), Some(retry));
-            }
-            // the caller resolves the source first (see needs_source); nothing to decide yet
-            build::Decision::AwaitSource => return finish(prev, status, Vec::new(), None),
+    let mut events = follow::source_condition(&mut status, observed, now);
+    let mut desired = desired.clone();
+    let started = match build::decide(&desired, observed) {
+        build::Decision::Keep => {
+            desired.build_id = build_id(prev).unwrap_or_default().to_string();
+            false
         }
-    }
+        build::Decision::Start(new) => {
+            build::start(&mut status, &desired, &new, observed.revision, now);
+            events.extend(follow::trigger_event(&new));
+            desired.build_id = new.id;
+            true
+        }
+        build::Decision::Suspended => {
+            // nothing is decided for the new spec: the status still describes the old one
+            return finish(&desired, prev, prev.clone(), Vec::new(), None);
+        }
+        build::Decision::SourceUnavailable(message) => {
+            let verdict = Verdict::new(Phase::Failed, Reason::SourceUnavailable, message);
+            status.source_unreachable_since = None;
+            conditions.apply(&mut status, &verdict);
+            let retry = Some(observed.source_retry);
+            return finish(&desired, prev, status, Vec::new(), retry);
+        }
+        build::Decision::SourceUnreachable(message) => {
+            let retry = build::unreachable(&mut status, observed, &message, now);
+            return finish(&desired, prev, status, Vec::new(), Some(retry));
+        }
+        // the caller resolves the source first (see needs_source); nothing to decide yet
+        build::Decision::AwaitSource => return finish(&desired, prev, status, Vec::new(), None),
+    };
+    let mut plan = plan_build(&desired, observed, &mut status, !started, now);
+    plan.events.splice(0..0, events);
+    plan
+}
+
+/// Plans the decided build: cleanup, each platform, then the summary. `same` is true when the
+/// build is the one `observed.status` records (its platforms are carried on).
+fn plan_build(
+    desired: &DesiredBuild,
+    observed: &Observed<'_>,
+    status: &mut MultiArchImageStatus,
+    same: bool,
+    now: Timestamp,
+) -> Plan {
+    let prev = observed.status;
+    let conditions = Conditions::new(prev, now, observed.generation);
     let cleanup = cleanup::plan(&desired.build_id, observed, prev.phase, now);
     let mut actions = cleanup.actions;
     let mut deadlines: Vec<Timestamp> = cleanup.next_expiry.into_iter().collect();
@@ -282,8 +354,14 @@ pub fn plan(desired: &DesiredBuild, observed: &Observed<'_>, now: Timestamp) -> 
         wanted_tags: desired.published_tags(),
         new_generation: prev.observed_generation != observed.generation,
     });
-    step.apply(&mut status, &mut actions, &conditions);
-    finish(prev, status, actions, requeue_after(deadlines, now))
+    step.apply(status, &mut actions, &conditions);
+    finish(
+        desired,
+        prev,
+        status.clone(),
+        actions,
+        requeue_after(deadlines, now),
+    )
 }
 
 /// Looks again just after the earliest deadline.
@@ -294,6 +372,7 @@ fn requeue_after(deadlines: Vec<Timestamp>, now: Timestamp) -> Option<Duration> 
 }
 
 fn finish(
+    desired: &DesiredBuild,
     prev: &MultiArchImageStatus,
     status: MultiArchImageStatus,
     actions: Vec<Action>,
@@ -301,6 +380,7 @@ fn finish(
 ) -> Plan {
     let events = events_between(prev, &status);
     Plan {
+        build_id: desired.build_id.clone(),
         status,
         actions,
         requeue_after,

@@ -139,6 +139,8 @@ pub enum PublishOutcome {
     Published {
         digest: String,
         image_ref: String,
+        /// The base images read from the build's provenance.
+        base_images: Vec<crate::api::BaseImage>,
     },
     /// An image's config disagrees with the platform it was built for.
     PlatformMismatch(String),
@@ -165,8 +167,13 @@ pub fn record_publish(
     now: Timestamp,
 ) -> Vec<PlannedEvent> {
     transition(status, now, |status| match outcome {
-        PublishOutcome::Published { digest, image_ref } => {
+        PublishOutcome::Published {
+            digest,
+            image_ref,
+            base_images,
+        } => {
             status.digest = Some(digest.clone());
+            status.base_images = base_images.clone();
             status.image_ref = Some(image_ref.clone());
             status.published_tags = desired.published_tags();
             let msg = format!("published {image_ref}");
@@ -313,6 +320,7 @@ mod tests {
         let outcome = PublishOutcome::Published {
             digest: "sha256:ii".into(),
             image_ref: "r@sha256:ii".into(),
+            base_images: Vec::new(),
         };
         record_publish(&mut status, &d, &outcome, t(0));
         assert_eq!(status.phase, Some(Phase::Succeeded));

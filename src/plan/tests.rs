@@ -80,10 +80,12 @@ pub(super) fn started(d: &DesiredBuild) -> MultiArchImageStatus {
         observed_generation: Some(1),
         build: Some(BuildStatus {
             id: d.build_id.clone(),
+            spec_key: None,
             started_at: Some(Time(t(0))),
         }),
         source: Some(SourceStatus {
             commit: COMMIT.into(),
+            short_commit: None,
             revision: Some("main".into()),
         }),
         phase: Some(Phase::Pending),
@@ -122,6 +124,7 @@ pub(super) fn observed<'a>(
         finished_ttl: Duration::from_secs(3600),
         source_retry: Duration::from_secs(60),
         source_stall_after: Duration::from_secs(300),
+        follow: None,
     }
 }
 
@@ -186,7 +189,11 @@ fn new_object_waits_for_the_source_then_creates_one_builder_per_platform() {
         .iter()
         .all(|a| !matches!(a, Action::CreateBuilder { commit, .. } if commit != COMMIT)));
     assert_eq!(p.status.source.as_ref().unwrap().commit, COMMIT);
-    assert_eq!(p.status.build.as_ref().unwrap().id, d.build_id);
+    // the id of the new build includes its commit
+    let id = new_build_id(&d.spec_key, COMMIT, None);
+    assert_eq!(p.build_id, id);
+    assert_eq!(p.status.build.as_ref().unwrap().id, id);
+    assert_eq!(p.status.build.as_ref().unwrap().spec_key, Some(d.spec_key));
     assert_eq!(p.status.phase, Some(Phase::Pending));
     assert_eq!(condition(&p.status, "Ready").unwrap().status, "False");
     assert_eq!(condition(&p.status, "Reconciling").unwrap().status, "True");
@@ -397,15 +404,17 @@ fn new_rebuild_value_after_a_failure_starts_a_fresh_build() {
     );
     assert!(creates(&again).is_empty());
 
+    let key = crate::validate::build_id(
+        &object(serde_json::json!({"retries": 0})).spec,
+        Some("fixed-1"),
+    );
     let rebuilt = DesiredBuild {
-        build_id: crate::validate::build_id(
-            &object(serde_json::json!({"retries": 0})).spec,
-            Some("fixed-1"),
-        ),
+        build_id: key.clone(),
+        spec_key: key,
         rebuild: Some("fixed-1".into()),
         ..d.clone()
     };
-    assert_ne!(rebuilt.build_id, d.build_id);
+    assert_ne!(rebuilt.spec_key, d.spec_key);
     let source = Some(SourceResolution::Resolved(COMMIT.into()));
     let p = run(&rebuilt, &failed.status, &[amd, arm], source, t(1000));
     assert_eq!(
@@ -486,6 +495,7 @@ fn all_platforms_built_publishes_once() {
         &PublishOutcome::Published {
             digest: "sha256:ii".into(),
             image_ref: "registry.example.com/team/apiping@sha256:ii".into(),
+            base_images: Vec::new(),
         },
         t(201),
     );
@@ -513,6 +523,7 @@ fn tags_only_change_republishes_without_new_builders() {
         PublishOutcome::Published {
             digest: "sha256:ii".into(),
             image_ref: "x@sha256:ii".into(),
+            base_images: Vec::new(),
         },
     );
 
@@ -542,7 +553,8 @@ fn build_input_change_retires_old_builders_and_starts_a_new_build() {
         name: b[0].name.clone()
     }));
     assert_eq!(creates(&p).len(), 2);
-    assert_eq!(p.status.build.as_ref().unwrap().id, new.build_id);
+    let id = new_build_id(&new.spec_key, COMMIT, None);
+    assert_eq!(p.status.build.as_ref().unwrap().id, id);
     assert!(p.status.platforms.iter().all(|p| p.digest.is_none()));
 }
 
@@ -640,6 +652,7 @@ fn built_platform_whose_builder_was_cleaned_up_is_not_rebuilt_from_a_kept_failur
         PublishOutcome::Published {
             digest: "sha256:ii".into(),
             image_ref: "r@sha256:ii".into(),
+            base_images: Vec::new(),
         },
     );
     assert_eq!(published.phase, Some(Phase::Succeeded));
@@ -674,4 +687,155 @@ fn long_messages_keep_their_tail() {
     let t = truncate_tail(&s, 100);
     assert!(t.ends_with("END"));
     assert!(t.len() <= 104);
+}
+
+/// A published build of `d` and the plan of a reconcile whose poll found `check`.
+fn poll(d: &DesiredBuild, check: FollowCheck, now: i64) -> (MultiArchImageStatus, Plan) {
+    let b = [
+        builder(d, "linux/amd64", 1, built("sha256:aa")),
+        builder(d, "linux/arm64", 1, built("sha256:bb")),
+    ];
+    let published = after_publish(
+        d,
+        &b,
+        PublishOutcome::Published {
+            digest: "sha256:ii".into(),
+            image_ref: "registry.example.com/team/apiping@sha256:ii".into(),
+            base_images: Vec::new(),
+        },
+    );
+    let mut observed = observed(&published, &b, None);
+    observed.follow = Some(check);
+    let plan = plan(d, &observed, t(now));
+    (published, plan)
+}
+
+const NEXT: &str = "9999999999999999999999999999999999999999";
+
+#[test]
+fn a_new_commit_of_the_polled_branch_starts_a_build_of_it_and_says_so() {
+    let d = desired(serde_json::json!({}));
+    let unchanged = FollowCheck {
+        source: Some(SourceResolution::Resolved(COMMIT.into())),
+        moved: Vec::new(),
+    };
+    let (published, p) = poll(&d, unchanged, 300);
+    assert_eq!(p.status, published, "nothing moved: nothing to write");
+    assert!(p.actions.is_empty() && p.events.is_empty());
+
+    let moved = FollowCheck {
+        source: Some(SourceResolution::Resolved(NEXT.into())),
+        moved: Vec::new(),
+    };
+    let (published, p) = poll(&d, moved, 300);
+    let id = new_build_id(&d.spec_key, NEXT, None);
+    assert_eq!(p.build_id, id);
+    assert_eq!(p.status.source.as_ref().unwrap().commit, NEXT);
+    assert_eq!(
+        creates(&p),
+        vec![("linux/amd64".into(), 1), ("linux/arm64".into(), 1)]
+    );
+    assert!(p
+        .actions
+        .iter()
+        .all(|a| !matches!(a, Action::CreateBuilder { commit, .. } if commit != NEXT)));
+    assert_eq!(p.events[0].reason, Reason::NewCommit);
+    assert!(p.events[0].note.contains(NEXT), "{}", p.events[0].note);
+    let entry = &p.status.history[0];
+    assert_eq!(
+        (entry.trigger, entry.commit.as_str(), entry.result),
+        (crate::api::Trigger::NewCommit, NEXT, None)
+    );
+    // the published index stays in status until the new build publishes
+    assert_eq!(p.status.digest, published.digest);
+}
+
+#[test]
+fn a_moved_base_image_rebuilds_the_same_commit_and_names_both_digests() {
+    let d = desired(serde_json::json!({"rebuildOn": {"baseImages": true}}));
+    let moved = MovedBase {
+        name: "127.0.0.1:15001/base/busybox:latest".into(),
+        from: "sha256:old".into(),
+        to: "sha256:new".into(),
+    };
+    let check = FollowCheck {
+        source: None,
+        moved: vec![moved],
+    };
+    let (_, p) = poll(&d, check, 300);
+    assert_eq!(p.status.source.as_ref().unwrap().commit, COMMIT);
+    assert_eq!(
+        p.build_id,
+        new_build_id(&d.spec_key, COMMIT, Some("sha256:new"))
+    );
+    assert_eq!(creates(&p).len(), 2);
+    assert_eq!(p.events[0].reason, Reason::BaseImageMoved);
+    let detail = p.status.history[0].detail.clone().unwrap();
+    assert!(
+        detail.contains("busybox:latest moved from sha256:old to sha256:new"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn a_branch_that_cannot_be_resolved_keeps_the_published_build_ready() {
+    let d = desired(serde_json::json!({}));
+    let failing = FollowCheck {
+        source: Some(SourceResolution::Unreachable("connection refused".into())),
+        moved: Vec::new(),
+    };
+    let (published, p) = poll(&d, failing.clone(), 300);
+    assert!(p.actions.is_empty());
+    assert_eq!(
+        condition(&p.status, "Ready"),
+        condition(&published, "Ready")
+    );
+    let c = condition(&p.status, "SourceResolved").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "SourceUnavailable")
+    );
+    assert!(c.message.contains("connection refused") && c.message.contains(COMMIT));
+    assert_eq!(p.events.len(), 1);
+    assert!(p.events[0].warning);
+
+    // failing again: no new write, no new Event
+    let mut observed = observed(&p.status, &[], None);
+    observed.follow = Some(failing);
+    let again = plan(&d, &observed, t(400));
+    assert_eq!(again.status, p.status);
+    assert!(again.events.is_empty());
+
+    // resolved again: True, once
+    observed.status = &again.status;
+    observed.follow = Some(FollowCheck {
+        source: Some(SourceResolution::Resolved(COMMIT.into())),
+        moved: Vec::new(),
+    });
+    let back = plan(&d, &observed, t(500));
+    let c = condition(&back.status, "SourceResolved").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "SourceResolved")
+    );
+    assert_eq!(condition(&back.status, "Ready").unwrap().status, "True");
+    assert_eq!(back.events.len(), 1);
+}
+
+#[test]
+fn a_suspended_object_starts_no_build_for_a_new_spec() {
+    let old = desired(serde_json::json!({}));
+    let new = desired(serde_json::json!({
+        "buildArgs": [{"name": "V", "value": "2"}],
+        "suspend": true,
+    }));
+    assert!(!needs_source(&new, &started(&old), &[]));
+    let source = Some(SourceResolution::Resolved(COMMIT.into()));
+    let p = run(&new, &started(&old), &[], source, t(50));
+    assert!(p.actions.is_empty());
+    assert_eq!(
+        p.status,
+        started(&old),
+        "the status still describes the old build"
+    );
 }
