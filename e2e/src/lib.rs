@@ -17,6 +17,7 @@ pub mod env;
 pub mod kstatus;
 pub mod operator;
 pub mod registry;
+pub mod repo;
 pub mod scenario;
 
 pub use env::env;

@@ -170,6 +170,10 @@ pub fn start(options: &Options) -> u32 {
         "5s",
         "--source-stall-after",
         "20s",
+        "--min-poll-interval",
+        "2s",
+        "--base-image-interval",
+        "3s",
     ]
     .iter()
     .map(|s| s.to_string())

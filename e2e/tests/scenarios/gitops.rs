@@ -4,83 +4,19 @@
 //! once every image is published for the applied revision, fail fast when a build fails, and
 //! prune removed images (their builders stop, their published tags stay).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kube::api::{ApiResource, DynamicObject};
 use kube::Api;
-use multiarch_e2e::cmd::{kubectl, run, run_with_input};
+use multiarch_e2e::cmd::{kubectl, run_with_input};
 use multiarch_e2e::registry::tags;
+use multiarch_e2e::repo::{path, Repo};
 use multiarch_e2e::scenario::condition;
 use multiarch_e2e::{env, progress, Access, Scenario};
 use multiarch_operator::api::MultiArchImage;
 use serde_json::{json, Value};
 
 const FLUX_NS: &str = "flux-system";
-
-/// A fleet repository: a bare repository the git server serves, and a work tree to commit from.
-struct Fleet {
-    work: PathBuf,
-    url: String,
-}
-
-impl Fleet {
-    fn create(name: &str) -> Fleet {
-        let env = env();
-        let bare = env.state.join("git").join(format!("{name}.git"));
-        let work = env.state.join(format!("{name}-work"));
-        let _ = std::fs::remove_dir_all(&bare);
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(work.join("images")).expect("the work tree");
-        run("git", &["init", "-q", "--bare", "-b", "main", &path(&bare)]);
-        run("git", &["init", "-q", "-b", "main", &path(&work)]);
-        let url = env
-            .git_http_url
-            .replace("/sample.git", &format!("/{name}.git"));
-        run(
-            "git",
-            &["-C", &path(&work), "remote", "add", "origin", &path(&bare)],
-        );
-        Fleet { work, url }
-    }
-
-    fn write(&self, file: &str, text: &str) {
-        std::fs::write(self.work.join(file), text).expect("writing a fleet file");
-    }
-
-    fn remove(&self, file: &str) {
-        std::fs::remove_file(self.work.join(file)).expect("removing a fleet file");
-    }
-
-    /// Commits everything and pushes; returns the commit.
-    fn commit(&self, message: &str) -> String {
-        let w = path(&self.work);
-        run("git", &["-C", &w, "add", "-A"]);
-        run(
-            "git",
-            &[
-                "-C",
-                &w,
-                "-c",
-                "user.name=e2e",
-                "-c",
-                "user.email=e2e@example.com",
-                "commit",
-                "-q",
-                "-m",
-                message,
-            ],
-        );
-        run("git", &["-C", &w, "push", "-q", "origin", "main"]);
-        run("git", &["-C", &w, "rev-parse", "HEAD"])
-            .trim()
-            .to_string()
-    }
-}
-
-fn path(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// A `MultiArchImage` manifest for the fleet, with builder faults as annotations.
 fn image(ns: &str, name: &str, faults: &[(&str, &str)], build_args: &[(&str, &str)]) -> String {
@@ -205,7 +141,7 @@ async fn flux_waits_for(s: &Scenario, commit: &str, name: &str, generation: i64,
 #[tokio::test]
 async fn flux_reports_ready_only_once_published_fails_fast_and_prunes() {
     let s = Scenario::start("gitops_flux", "e2e-flux", Access::Shared).await;
-    let fleet = Fleet::create("fleet-flux");
+    let fleet = Repo::create("fleet-flux");
     let marker = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "fleet", "namespace": s.ns}, "data": {"owner": "platform"}});
     fleet.write("images/fleet.yaml", &marker.to_string());

@@ -7,6 +7,7 @@
 mod build;
 mod election;
 mod faults;
+mod follow;
 mod gitops;
 mod guardrails;
 mod hostile;
