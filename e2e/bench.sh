@@ -7,6 +7,10 @@
 #   2. With IDLE finished MultiArchImage objects: the operator's memory (VmRSS and peak VmHWM from
 #      /proc) once its caches are synced and every object was reconciled, the requests it made at
 #      start-up, and the API writes it made over an idle window (the target is zero).
+#   2b. With POLLED objects polling their branch every POLL_INTERVAL (next to the idle ones): the
+#      git server's requests per minute (ref advertisements, from its log), the Kubernetes API
+#      requests and writes, and the operator's CPU time over POLL_WINDOW seconds (the target: one
+#      request per object per interval, no writes when nothing moved).
 #   3. On real Karpenter (builders may use only the nodes it launches), KARPENTER_RUNS two-platform
 #      builds from no Karpenter node: apply -> a NodeClaim per architecture, -> each builder bound
 #      to a node, -> Ready, and the last builder finished -> the nodes gone (consolidation).
@@ -14,7 +18,8 @@
 # Parts 1 and 2 keep builders on the environment's static nodes (the static-node mode, for what
 # needs many builders at once); part 3 gives them to Karpenter.
 #
-#   e2e/bench.sh             BUILDS=5 IDLE=1000 IDLE_WINDOW=60 KARPENTER_RUNS=2 by default
+#   e2e/bench.sh             BUILDS=5 IDLE=1000 IDLE_WINDOW=60 POLLED=1000 POLL_INTERVAL=1m
+#                            POLL_WINDOW=180 KARPENTER_RUNS=2 by default
 #
 # It uses the release build of the operator (cargo build --release). Timed figures vary with
 # the machine; nothing here fails on a number.
@@ -23,9 +28,13 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 state=${E2E_STATE:-/tmp/multiarch-e2e}
 BUILDS=${BUILDS:-5} IDLE=${IDLE:-1000} IDLE_WINDOW=${IDLE_WINDOW:-60} KARPENTER_RUNS=${KARPENTER_RUNS:-2}
+POLLED=${POLLED:-1000} POLL_INTERVAL=${POLL_INTERVAL:-1m} POLL_WINDOW=${POLL_WINDOW:-180}
 METRICS=127.0.0.1:18191 HEALTH=127.0.0.1:18181
 
 (cd "$root" && cargo build --release -q)
+# one environment per machine (fixed ports), shared with e2e/run.sh: wait for a run that holds it
+exec 9>"${TMPDIR:-/tmp}/multiarch-e2e-env.lock"
+flock -n 9 || { echo "[bench] another end-to-end run holds the environment; waiting for it" >&2; flock 9; }
 OPERATOR=$root/target/release/multiarch-operator
 "$here/env.sh" up >/dev/null
 # shellcheck source=/dev/null
@@ -82,6 +91,35 @@ spec:
   buildArgs: [{name: RUN, value: "$4"}]
 EOF
 }
+clone() { # source prefix count: copies of a finished object (same spec, so the same build) with
+  # its status, like objects built and published long ago; needs the API proxy on port 18199
+  python3 - "$@" <<'EOF'
+import json, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+source, prefix, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+base = "http://127.0.0.1:18199/apis/multiarch.dev/v1alpha1/namespaces/bench/multiarchimages"
+def call(method, url, body, ctype="application/json"):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method, headers={"Content-Type": ctype})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+src = json.load(urllib.request.urlopen(f"{base}/{source}"))
+def clone(i):
+    name = f"{prefix}-{i:04d}"
+    obj = {"apiVersion": src["apiVersion"], "kind": src["kind"], "metadata": {"name": name}, "spec": src["spec"]}
+    created = call("POST", base, obj)
+    created["status"] = src["status"]
+    created["status"]["observedGeneration"] = created["metadata"]["generation"]
+    call("PUT", f"{base}/{name}/status", created)
+with ThreadPoolExecutor(8) as pool:
+    list(pool.map(clone, range(count)))
+EOF
+}
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system time, clock ticks
+reconciled() { # waits until the operator has reconciled $1 objects and is idle
+  until [ "$(metric multiarch_reconciles_total)" -ge "$1" ] && [ "$(metric multiarch_queue_depth)" = 0 ] \
+    && [ "$(metric multiarch_reconciles_in_flight)" = 0 ]; do sleep 0.5; done
+}
+metric() { curl -sf "http://$METRICS/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 mem() { awk '/^VmRSS|^VmHWM/ {printf "%s %.1f MiB  ", $1, $2 / 1024}' "/proc/$1/status"; }
 
 : >"$state/bench-operator.log"
@@ -107,35 +145,13 @@ kubectl proxy --port=18199 >/dev/null 2>&1 &
 proxy=$!
 until curl -sf http://127.0.0.1:18199/version >/dev/null; do sleep 0.2; done
 t0=$SECONDS
-python3 - "$IDLE" <<'EOF'
-# clones of build-1 (same spec, so the same build id) with its finished status, like objects
-# that were built and published long ago
-import json, sys, urllib.request
-from concurrent.futures import ThreadPoolExecutor
-base = "http://127.0.0.1:18199/apis/multiarch.dev/v1alpha1/namespaces/bench/multiarchimages"
-def call(method, url, body, ctype="application/json"):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method, headers={"Content-Type": ctype})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.load(r)
-src = json.load(urllib.request.urlopen(base + "/build-1"))
-def clone(i):
-    name = f"idle-{i:04d}"
-    obj = {"apiVersion": src["apiVersion"], "kind": src["kind"], "metadata": {"name": name}, "spec": src["spec"]}
-    created = call("POST", base, obj)
-    created["status"] = src["status"]
-    created["status"]["observedGeneration"] = created["metadata"]["generation"]
-    call("PUT", f"{base}/{name}/status", created)
-with ThreadPoolExecutor(8) as pool:
-    list(pool.map(clone, range(int(sys.argv[1]))))
-EOF
+clone build-1 idle "$IDLE"
 echo "  created in $((SECONDS - t0))s"
 kill "$proxy"; proxy=
 objects=$(kubectl get mai -n bench -o name | wc -l)
 t0=$SECONDS
 start
-metric() { curl -sf "http://$METRICS/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-until [ "$(metric multiarch_reconciles_total)" -ge "$objects" ] && [ "$(metric multiarch_queue_depth)" = 0 ] \
-  && [ "$(metric multiarch_reconciles_in_flight)" = 0 ]; do sleep 0.5; done
+reconciled "$objects"
 echo "  start-up: every object reconciled $((SECONDS - t0))s after start ($(metric multiarch_reconciles_total) reconciles)"
 echo "  start-up requests: $(requests)"
 echo "  memory after start-up: $(mem "$pid")"
@@ -145,6 +161,40 @@ after=$(requests)
 echo "  over ${IDLE_WINDOW}s idle: $(delta "$before" "$after" 1)"
 echo "  memory after the idle window: $(mem "$pid")"
 echo "  objects by phase: $(curl -sf "http://$METRICS/metrics" | awk '/^multiarch_objects\{/ {printf "%s ", $0}')"
+
+echo "== $POLLED objects polling their branch (pollInterval $POLL_INTERVAL), next to the idle ones"
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: multiarch.dev/v1alpha1
+kind: MultiArchImage
+metadata: {name: poll-seed, namespace: bench}
+spec:
+  source: {git: {url: "$E2E_GIT_HTTP_URL", revision: main, pollInterval: $POLL_INTERVAL}}
+  image: $E2E_REGISTRY/bench/polled
+  tags: ["1.0.0"]
+  platforms: [linux/amd64, linux/arm64]
+EOF
+kubectl wait -n bench mai/poll-seed --for=condition=Ready --timeout=120s >/dev/null
+stop
+kubectl proxy --port=18199 >/dev/null 2>&1 &
+proxy=$!
+until curl -sf http://127.0.0.1:18199/version >/dev/null; do sleep 0.2; done
+clone poll-seed polled "$POLLED"
+kill "$proxy"; proxy=
+objects=$(kubectl get mai -n bench -o name | wc -l)
+start
+reconciled "$objects"
+refs() { grep -c 'info/refs' "$state/git-http.log" || true; }
+git0=$(refs) before=$(requests) cpu0=$(cpu "$pid") t0=$SECONDS
+sleep "$POLL_WINDOW"
+git1=$(refs) after=$(requests) cpu1=$(cpu "$pid") window=$((SECONDS - t0))
+python3 - "$git0" "$git1" "$cpu0" "$cpu1" "$window" "$(getconf CLK_TCK)" <<'EOF'
+import sys
+g0, g1, c0, c1, window, tck = map(int, sys.argv[1:])
+print(f"  git requests: {(g1 - g0) * 60 / window:.0f} per minute over {window}s")
+print(f"  operator CPU: {(c1 - c0) / tck:.2f} s over {window}s ({100 * (c1 - c0) / tck / window:.1f}% of one core)")
+EOF
+echo "  Kubernetes API over the window: $(delta "$before" "$after" 1)"
+echo "  memory: $(mem "$pid")"
 stop
 
 echo "== real Karpenter: $KARPENTER_RUNS two-platform builds, each from no Karpenter node"
