@@ -13,6 +13,7 @@ mod observe;
 mod publishing;
 mod reconcile;
 mod redact;
+mod written;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -79,6 +80,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<MultiArchImage>, u32>>,
     /// When each followed object is polled next.
     pub(crate) polls: follow::Polls,
+    /// Statuses written that the object cache may not show yet.
+    written: written::Written,
 }
 
 fn backoff(ctx: &Context, obj: &MultiArchImage) -> Duration {
@@ -345,6 +348,7 @@ fn context(
         metrics,
         failures: Mutex::new(HashMap::new()),
         polls: follow::Polls::default(),
+        written: written::Written::default(),
     })
 }
 

@@ -36,10 +36,13 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
         // builders are owned by the object: the garbage collector stops them; the registry is
         // never touched
         ctx.polls.forget(&obj.uid().unwrap_or_default());
+        ctx.written.forget(&obj.uid().unwrap_or_default());
         return Ok(Requeue::await_change());
     }
     let now = Timestamp::now();
-    let prev = obj.status.clone().unwrap_or_default();
+    // the status last written, when the cache does not show it yet (see `written`)
+    let cached = obj.status.clone().unwrap_or_default();
+    let prev = ctx.written.current(&obj.uid().unwrap_or_default(), cached);
 
     let mut desired = match validate(&obj, &ctx.settings.defaults) {
         Ok(d) => d,
@@ -206,6 +209,8 @@ pub(super) async fn write_status(
     )
     .await
     .map_err(|source| Error::PatchStatus { source })?;
+    ctx.written
+        .record(&obj.uid().unwrap_or_default(), prev, status);
     Ok(())
 }
 
