@@ -3,7 +3,8 @@
 //!
 //! The pure core has no client, no clock and no randomness: `api` (the types, source of the CRD),
 //! `validate`, `plan` (the build state machine), `builder` (builder Job rendering),
-//! `publish::index` (index assembly), `reference`, `platform` and `config`.
+//! `publish::index` (index assembly), `provenance` (base images from BuildKit's provenance),
+//! `reference`, `platform` and `config`.
 //!
 //! Where I/O happens:
 //!
