@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType};
@@ -226,8 +227,14 @@ async fn emit(ctx: &Context, obj: &MultiArchImage, events: &[PlannedEvent]) {
             },
             reason: e.reason.as_str().to_string(),
             note: Some(plan::truncate_tail(&e.note, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
+            action: e.action.into(),
+            secondary: e.builder.as_ref().map(|name| ObjectReference {
+                api_version: Some("batch/v1".into()),
+                kind: Some("Job".into()),
+                name: Some(name.clone()),
+                namespace: obj.namespace(),
+                ..Default::default()
+            }),
         };
         if let Err(err) = ctx.recorder.publish(&event, &reference).await {
             warn!("cannot record event: {err}");

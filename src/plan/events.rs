@@ -25,30 +25,35 @@ pub fn events_between(
 /// The Event of a platform that reached its phase (or reason) now.
 fn platform_event(p: &PlatformStatus) -> Option<PlannedEvent> {
     let text = |field: &Option<String>| field.clone().unwrap_or_default();
-    let (warning, reason, note) = match (p.phase, p.reason) {
+    let (warning, reason, action, note) = match (p.phase, p.reason) {
         (PlatformPhase::Failed, r) => (
             true,
             r.unwrap_or(Reason::BuildFailed),
+            "Fail",
             format!("{} failed: {}", p.platform, text(&p.message)),
         ),
         (PlatformPhase::Built, _) => (
             false,
             Reason::Building,
+            "Finish",
             format!("{} built: {}", p.platform, text(&p.digest)),
         ),
         (_, Some(Reason::WaitingForNode)) => (
             false,
             Reason::WaitingForNode,
+            "Schedule",
             format!("{} waits for a node: {}", p.platform, text(&p.message)),
         ),
         (_, Some(Reason::WaitingForQuota)) => (
             false,
             Reason::WaitingForQuota,
+            "Schedule",
             format!("{} waits for quota: {}", p.platform, text(&p.message)),
         ),
         (PlatformPhase::Building, _) => (
             false,
             Reason::Building,
+            "Start",
             format!("{} building on {}", p.platform, text(&p.node)),
         ),
         _ => return None,
@@ -57,6 +62,8 @@ fn platform_event(p: &PlatformStatus) -> Option<PlannedEvent> {
         warning,
         reason,
         note,
+        action,
+        builder: p.builder.clone(),
     })
 }
 
@@ -66,10 +73,13 @@ fn object_event(prev: &MultiArchImageStatus, next: &MultiArchImageStatus) -> Opt
         return None;
     }
     let ready = next.conditions.iter().find(|c| c.type_ == "Ready")?;
+    let failed = next.phase == Some(Phase::Failed);
     Some(PlannedEvent {
-        warning: next.phase == Some(Phase::Failed),
+        warning: failed,
         reason: Reason::parse(&ready.reason).unwrap_or(Reason::Building),
         note: ready.message.clone(),
+        action: if failed { "Fail" } else { "Publish" },
+        builder: None,
     })
 }
 
@@ -125,5 +135,29 @@ mod tests {
             assert!(events_between(&after, &after).is_empty());
         }
         assert!(events_between(&before, &before).is_empty());
+    }
+
+    #[test]
+    fn each_transition_of_a_builder_is_an_event_series_of_its_own() {
+        // Events with the same reason, action and related object are counted as one series
+        // ("Building (x4)"), keeping the first note: each transition needs its own key
+        let key = |phase, reason| {
+            let mut after = status(phase, reason);
+            after.platforms[0].builder = Some("app-1a2b3c4d-linux-arm64-1".into());
+            let e = events_between(&MultiArchImageStatus::default(), &after).remove(0);
+            (e.reason, e.action, e.builder)
+        };
+        let keys = [
+            key(PlatformPhase::Pending, Some(Reason::WaitingForNode)),
+            key(PlatformPhase::Building, Some(Reason::Building)),
+            key(PlatformPhase::Built, None),
+            key(PlatformPhase::Failed, Some(Reason::BuildFailed)),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            assert_eq!(a.2.as_deref(), Some("app-1a2b3c4d-linux-arm64-1"));
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 }

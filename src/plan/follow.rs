@@ -64,6 +64,8 @@ pub(super) fn source_condition(
         warning: value == "False",
         reason,
         note: message,
+        action: "Poll",
+        builder: None,
     }]
 }
 
@@ -80,5 +82,7 @@ pub(super) fn trigger_event(build: &NewBuild) -> Option<PlannedEvent> {
         warning: false,
         reason,
         note: format!("{detail}: building {} as build {}", build.commit, build.id),
+        action: "Rebuild",
+        builder: None,
     })
 }

@@ -220,6 +220,11 @@ pub struct PlannedEvent {
     pub warning: bool,
     pub reason: Reason,
     pub note: String,
+    /// What the operator did or saw (the Event's `action`): Events of one object with the same
+    /// reason, action and builder are one series, so each transition has an action of its own.
+    pub action: &'static str,
+    /// The builder Job the Event is about (its `related` object), if any.
+    pub builder: Option<String>,
 }
 
 /// The planner's decision.
