@@ -91,7 +91,24 @@ async fn two_platforms_build_natively_and_publish_a_verified_index_that_rebuilds
         index["mediaType"],
         "application/vnd.oci.image.index.v1+json"
     );
-    assert_eq!(index_platforms(&index), ["linux/amd64", "linux/arm64"]);
+    // each image is followed by its provenance attestation (BuildKit's, kept by the publish)
+    assert_eq!(
+        index_platforms(&index),
+        [
+            "linux/amd64",
+            "unknown/unknown",
+            "linux/arm64",
+            "unknown/unknown"
+        ]
+    );
+    let entries = index["manifests"].as_array().expect("an index");
+    for pair in entries.chunks(2) {
+        assert_eq!(
+            pair[1]["annotations"]["vnd.docker.reference.digest"], pair[0]["digest"],
+            "the attestation after {} is about it",
+            pair[0]["platform"]["architecture"]
+        );
+    }
     for arch in ["amd64", "arm64"] {
         let c = config(&format!("{ns}/apiping:1.0.0-{arch}"));
         assert_eq!(c["architecture"], arch, "per-platform tag 1.0.0-{arch}");
@@ -103,6 +120,7 @@ async fn two_platforms_build_natively_and_publish_a_verified_index_that_rebuilds
     );
     server_side_dry_run(&s.jobs("").await);
     real_build_checks(&s, &o, &index).await;
+    each_transition_told_once(&s, "apiping").await;
 
     // a second build of the same commit reuses the per-platform registry caches
     let first_build = build_id(&o);
@@ -195,6 +213,46 @@ pub fn builder_log(pod: &k8s_openapi::api::core::v1::Pod) -> String {
 /// What only a real build can show: the images run and print their own platform, the
 /// per-platform caches exist, and BuildKit's metadata (the termination message) names the image
 /// the index lists and the registry serves.
+/// Every Event of object `name` is told once (no series), and each platform's start and finish
+/// have Events of their own, naming the builder Job.
+async fn each_transition_told_once(s: &Scenario, name: &str) {
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::ListParams;
+    let events = kube::Api::<Event>::namespaced(s.client.clone(), &s.ns)
+        .list(&ListParams::default().fields(&format!("regarding.name={name}")))
+        .await
+        .expect("listing Events");
+    let notes: Vec<String> = events
+        .items
+        .iter()
+        .map(|e| e.note.clone().unwrap_or_default())
+        .collect();
+    for e in &events.items {
+        assert!(
+            e.series.is_none(),
+            "an Event told more than once: {:?} {:?} {:?}",
+            e.reason,
+            e.note,
+            e.series
+        );
+    }
+    for arch in ["amd64", "arm64"] {
+        for step in [
+            format!("linux/{arch} building on"),
+            format!("linux/{arch} built:"),
+        ] {
+            let told: Vec<_> = events
+                .items
+                .iter()
+                .filter(|e| e.note.as_deref().is_some_and(|n| n.starts_with(&step)))
+                .collect();
+            assert_eq!(told.len(), 1, "one Event \"{step}\": {notes:?}");
+            let related = told[0].related.as_ref().and_then(|r| r.kind.clone());
+            assert_eq!(related.as_deref(), Some("Job"), "{step} names its builder");
+        }
+    }
+}
+
 pub async fn real_build_checks(s: &Scenario, o: &MultiArchImage, index: &Value) {
     let ns = &s.ns;
     let repo = o
@@ -266,14 +324,23 @@ pub async fn real_build_checks(s: &Scenario, o: &MultiArchImage, index: &Value) 
             .as_str()
             .unwrap_or_default()
             .to_string();
+        let pushed = raw(&format!("{repo}@{reported}"));
         assert_eq!(
-            reported, entry,
-            "{platform}: BuildKit's reported digest is the index entry"
-        );
-        assert_eq!(
-            digest(&raw(&format!("{repo}@{reported}"))),
+            digest(&pushed),
             reported,
             "{platform}: the registry serves the reported manifest"
+        );
+        // with provenance, BuildKit pushes an index of the image and its attestation: the
+        // published index lists that image
+        let pushed: Value = serde_json::from_slice(&pushed).expect("manifest JSON");
+        let image = if pushed["manifests"].is_array() {
+            entry_digest(&pushed, arch)
+        } else {
+            reported.clone()
+        };
+        assert_eq!(
+            image, entry,
+            "{platform}: BuildKit's reported image is the index entry"
         );
     }
 }
