@@ -839,3 +839,23 @@ fn a_suspended_object_starts_no_build_for_a_new_spec() {
         "the status still describes the old build"
     );
 }
+
+#[test]
+fn a_build_recorded_by_the_previous_release_is_kept_after_an_upgrade() {
+    // the previous release recorded the spec key as the build id, and no specKey
+    let d = desired(serde_json::json!({"source": {"git": {
+        "url": "https://git.example.com/team/apiping.git", "revision": "main", "pollInterval": "5m"}}}));
+    let b = [
+        builder(&d, "linux/amd64", 1, built("sha256:aa")),
+        builder(&d, "linux/arm64", 1, built("sha256:bb")),
+    ];
+    let mut before = started(&d);
+    before.build.as_mut().unwrap().id = d.spec_key.clone();
+    assert!(before.build.as_ref().unwrap().spec_key.is_none());
+    assert!(same_spec(&before, &d.spec_key));
+    assert!(!needs_source(&d, &before, &b));
+    let p = run(&d, &before, &b, None, t(200));
+    assert_eq!(p.build_id, d.spec_key);
+    assert!(creates(&p).is_empty(), "nothing is rebuilt");
+    assert_eq!(p.actions, vec![Action::Publish]);
+}
