@@ -3,7 +3,8 @@
 //! is not the digest asked for, an image config larger than its descriptor). Each case runs the
 //! real binary as a process and checks what a user relies on: exit 1 with an error saying what
 //! the server did, within 30 s, under 128 MiB of memory, and no write request of any kind. Each
-//! case prints its time and memory.
+//! case prints its time and memory. A check of a manifest by digest that the registry answers
+//! with another digest is a digest mismatch, not a missing manifest.
 //!
 //! Memory is the child's own peak resident set (`VmHWM` of `/proc/PID/status`, which exec resets),
 //! read every 5 ms while it runs: `wait4`'s `ru_maxrss` would also count the test process it was
@@ -238,4 +239,40 @@ fn a_config_larger_than_its_descriptor_is_refused() {
         "app:src",
         &["larger than its descriptor"],
     );
+}
+
+#[tokio::test]
+async fn a_manifest_check_answered_with_another_digest_names_both() {
+    use multiarch_operator::publish::registry::RegistryErrorKind;
+    use multiarch_operator::publish::{DockerConfig, Registry, RegistryConfig};
+    use multiarch_operator::reference::{Digest, Repository};
+
+    multiarch_operator::install_crypto_provider();
+    let asked: Digest = sha256(b"what was pushed").parse().unwrap();
+    let answered = sha256(b"what the registry says");
+    let header = answered.clone();
+    let server = Hostile::start(move |_, _| Answer::Fixed {
+        status: 200,
+        headers: vec![
+            ("Content-Type".into(), OCI_MANIFEST.into()),
+            ("Docker-Content-Digest".into(), header.clone()),
+        ],
+        body: Vec::new(),
+    });
+    let config = RegistryConfig {
+        plain_http: true,
+        ..RegistryConfig::default()
+    };
+    let registry = Registry::new(config, DockerConfig::empty()).unwrap();
+    let repo: Repository = format!("{}/app", server.host()).parse().unwrap();
+    let err = registry
+        .manifest_digest_exists(&repo, &asked)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, RegistryErrorKind::DigestMismatch, "{err}");
+    assert!(
+        err.detail.contains(asked.as_str()) && err.detail.contains(&answered),
+        "{err}"
+    );
+    assert_eq!(server.writes(), Vec::<String>::new());
 }

@@ -10,13 +10,14 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::execute::{dry_run_pod, Admission};
-use super::observe::{is_complete, observe, reported_digest, termination_message, PushCheck};
+use super::observe::{is_complete, observe, reported_digest, termination_message};
 use super::{publishing, Context, Error};
 use crate::api::{MultiArchImage, MultiArchImageStatus, PlatformPhase};
 use crate::builder::{platform_label, LABEL_BUILD, LABEL_IMAGE, LABEL_PLATFORM};
 use crate::git::{self, GitCredentials, GitError};
 use crate::plan::{
-    needs_source, same_build, BuilderObservation, BuilderState, FollowCheck, SourceResolution,
+    needs_source, same_build, BuilderObservation, BuilderState, FollowCheck, PushCheck,
+    SourceResolution,
 };
 use crate::validate::DesiredBuild;
 

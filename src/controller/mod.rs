@@ -29,7 +29,7 @@ use kube::{Api, Client};
 use tracing::{info, warn};
 
 pub use error::Error;
-pub use observe::{observe, reported_digest, stopped_annotation, PushCheck};
+pub use observe::{observe, reported_digest, stopped_annotation};
 
 use crate::api::MultiArchImage;
 use crate::builder::{LABEL_MANAGED_BY, LABEL_MANAGED_BY_VALUE};

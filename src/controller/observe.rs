@@ -12,21 +12,12 @@ use crate::api::Reason;
 use crate::builder::{
     ANNOTATION_COMMIT, ANNOTATION_STOPPED, CONTAINER, LABEL_ATTEMPT, LABEL_BUILD, LABEL_PLATFORM,
 };
-use crate::plan::{BuilderObservation, BuilderState, Failure};
+use crate::plan::{BuilderObservation, BuilderState, Failure, PushCheck};
 
 /// Job conditions that say the Job succeeded.
 const COMPLETE: &[&str] = &["Complete", "SuccessCriteriaMet"];
 /// Job conditions that say the Job failed.
 const FAILED: &[&str] = &["Failed", "FailureTarget"];
-
-/// What the registry says about the digest a builder reported.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PushCheck {
-    /// The registry has the image.
-    Pushed(String),
-    /// It does not (or the digest is unusable): why.
-    Missing(String),
-}
 
 fn label<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
     job.metadata.labels.as_ref()?.get(key).map(String::as_str)
@@ -223,15 +214,14 @@ fn completed(
         .iter()
         .find(|p| terminated(p).is_some_and(|t| t.exit_code == 0))
         .and_then(|p| node_of(p));
-    let result = match push_check {
-        Some(PushCheck::Pushed(digest)) => Ok(digest),
-        Some(PushCheck::Missing(why)) => Err(why),
+    let pushed = match push_check {
+        Some(check) => check,
         None => match termination_message(job, pods).as_deref().and_then(reported_digest) {
-            Some(d) => Ok(d),
-            None => Err("the builder finished without reporting a digest (BuildKit's metadata file was not its termination message)".into()),
+            Some(d) => PushCheck::Pushed(d),
+            None => PushCheck::Missing("the builder finished without reporting a digest (BuildKit's metadata file was not its termination message)".into()),
         },
     };
-    (BuilderState::Succeeded { node, result }, finished_at)
+    (BuilderState::Succeeded { node, pushed }, finished_at)
 }
 
 /// A failed (or stopped) Job: how it failed, with the exit code and the log tail when the build
@@ -370,7 +360,7 @@ mod tests {
             o.state,
             BuilderState::Succeeded {
                 node: Some("n".into()),
-                result: Ok("sha256:abcd".into())
+                pushed: PushCheck::Pushed("sha256:abcd".into())
             }
         );
         assert!(o.finished_at.is_some());

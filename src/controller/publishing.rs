@@ -6,10 +6,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use tracing::info;
 
-use super::observe::PushCheck;
 use super::{Context, Error};
 use crate::api::{MultiArchImage, MultiArchImageStatus};
-use crate::plan::PublishOutcome;
+use crate::plan::{PublishOutcome, PushCheck};
 use crate::publish::credentials::DockerConfig;
 use crate::publish::registry::RegistryConfig;
 use crate::publish::{IndexFormat, PublishPlan, Publisher, Source};
@@ -67,7 +66,7 @@ fn docker_config(secret: Option<&Secret>, name: &str) -> Result<DockerConfig, St
 }
 
 /// Checks that the registry has the manifest a builder reported; `Err` when the registry cannot
-/// be asked now.
+/// be asked now (unreachable, failing, too slow: worth asking again).
 pub async fn verify_pushed(
     ctx: &Context,
     obj: &MultiArchImage,
@@ -99,7 +98,9 @@ pub async fn verify_pushed(
             digest: digest.to_string(),
             message: e.to_string(),
         }),
-        Err(e) => Ok(PushCheck::Missing(format!(
+        // the registry answered, but not usably (too large, another digest, a redirect loop,
+        // refused): its fault, not the build's
+        Err(e) => Ok(PushCheck::Unusable(format!(
             "cannot check {digest} in {repo}: {e}"
         ))),
     }

@@ -104,10 +104,10 @@ pub enum BuilderState {
     Starting { node: String },
     /// The container runs since `started`.
     Running { node: String, started: Timestamp },
-    /// Exited 0; `result` is the digest it reported, checked against the registry.
+    /// Exited 0; `pushed` is what the registry says about the digest it reported.
     Succeeded {
         node: Option<String>,
-        result: Result<String, String>,
+        pushed: PushCheck,
     },
     /// The Job failed.
     Failed {
@@ -115,6 +115,20 @@ pub enum BuilderState {
         failure: Failure,
         message: String,
     },
+}
+
+/// What the registry says about the image a builder that exited 0 reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushCheck {
+    /// The registry has it: its digest.
+    Pushed(String),
+    /// It is not there, or the builder reported no usable digest: the build failed by itself
+    /// (tried again like a non-zero exit). Why.
+    Missing(String),
+    /// The registry's answer about it cannot be used (larger than its cap, another digest, a
+    /// redirect loop, credentials refused): not the build's fault, so it is not built again; the
+    /// platform fails with `PublishFailed`. What the registry did.
+    Unusable(String),
 }
 
 /// How a Job failed.

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{truncate_tail, Action, BuilderObservation, BuilderState, Failure, MAX_MESSAGE_LEN};
+use super::{
+    truncate_tail, Action, BuilderObservation, BuilderState, Failure, PushCheck, MAX_MESSAGE_LEN,
+};
 use crate::api::{PlatformPhase, PlatformStatus, Reason};
 use crate::builder::platform_label;
 use crate::config::format_duration;
@@ -69,12 +71,16 @@ pub(super) fn plan(input: &Input<'_>) -> Step {
         BuilderState::Running { node, started } => running(input, latest, p, node, *started),
         BuilderState::Succeeded {
             node,
-            result: Ok(digest),
+            pushed: PushCheck::Pushed(digest),
         } => built(p, node, digest),
         BuilderState::Succeeded {
             node,
-            result: Err(message),
+            pushed: PushCheck::Missing(message),
         } => failed(input, latest, p, node, None, message),
+        BuilderState::Succeeded {
+            node,
+            pushed: PushCheck::Unusable(message),
+        } => unusable(p, node, message),
         BuilderState::Failed {
             node,
             failure,
@@ -120,7 +126,10 @@ fn fresh_status(input: &Input<'_>, jobs: &[&BuilderObservation]) -> PlatformStat
                 BuilderState::Failed {
                     failure: Failure::Exited(_),
                     ..
-                } | BuilderState::Succeeded { result: Err(_), .. }
+                } | BuilderState::Succeeded {
+                    pushed: PushCheck::Missing(_),
+                    ..
+                }
             )
         })
         .count() as i32;
@@ -308,6 +317,17 @@ fn failed(
     Step::status(p)
 }
 
+/// Built, but the registry's answer about the image cannot be used: `PublishFailed` with what the
+/// registry did, the build neither counted as a failed attempt nor tried again (building again
+/// would ask the same registry the same question).
+fn unusable(mut p: PlatformStatus, node: &Option<String>, message: &str) -> Step {
+    p.node = node.clone();
+    p.phase = PlatformPhase::Failed;
+    p.reason = Some(Reason::PublishFailed);
+    p.message = Some(truncate_tail(message, MAX_MESSAGE_LEN));
+    Step::status(p)
+}
+
 /// Why an attempt failed: the operator's own reason when it stopped the builder, else what the
 /// Job shows.
 fn failure_reason(
@@ -408,7 +428,7 @@ mod tests {
         let d = desired(serde_json::json!({"retries": 0}));
         let state = BuilderState::Succeeded {
             node: None,
-            result: Err("no such manifest".into()),
+            pushed: PushCheck::Missing("no such manifest".into()),
         };
         let s = step(
             &d,
@@ -418,6 +438,25 @@ mod tests {
         );
         let message = "failed after 1 attempts: no such manifest";
         assert_failed(&s, Reason::BuildFailed, message);
+    }
+
+    #[test]
+    fn an_image_the_registry_answers_unusably_about_fails_publishing_without_a_retry() {
+        let d = desired(serde_json::json!({"retries": 2}));
+        let why = "cannot check sha256:aa: the registry sent a manifest of more than 4194304 bytes";
+        let state = BuilderState::Succeeded {
+            node: Some("n".into()),
+            pushed: PushCheck::Unusable(why.into()),
+        };
+        let s = step(
+            &d,
+            "linux/amd64",
+            &[builder(&d, "linux/amd64", 1, state)],
+            200,
+        );
+        assert_failed(&s, Reason::PublishFailed, why);
+        assert_eq!(s.status.attempts, 0, "not a failed attempt of the build");
+        assert_eq!(s.status.node.as_deref(), Some("n"));
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub(super) fn running(node: &str) -> BuilderState {
 pub(super) fn built(digest: &str) -> BuilderState {
     BuilderState::Succeeded {
         node: Some("n1".into()),
-        result: Ok(digest.into()),
+        pushed: PushCheck::Pushed(digest.into()),
     }
 }
 

@@ -211,6 +211,11 @@ fn digest_from_location(location: &str) -> Option<Digest> {
     rest.split(['?', '#']).next()?.parse().ok()
 }
 
+/// Whether two digests are of one algorithm (`sha256:...`), so that they can be compared.
+fn same_algorithm(a: &Digest, b: &Digest) -> bool {
+    a.as_str().split_once(':').map(|(alg, _)| alg) == b.as_str().split_once(':').map(|(alg, _)| alg)
+}
+
 /// The digest a registry reports in `Docker-Content-Digest`, if it is a valid one.
 fn reported_digest(headers: &HeaderMap) -> Option<Digest> {
     headers
@@ -404,15 +409,24 @@ impl Registry {
         Ok(Some(fetched.digest))
     }
 
-    /// True when `repo` has the manifest `digest` (a HEAD request; 404 is `false`).
+    /// True when `repo` has the manifest `digest` (a HEAD request; 404 is `false`). A registry
+    /// that answers for `digest` with another digest of the same algorithm is a
+    /// [`RegistryErrorKind::DigestMismatch`], not a missing manifest.
     pub async fn manifest_digest_exists(
         &self,
         repo: &Repository,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
         self.retry("check manifest", self.config.timeout, || async {
-            let found = self.manifest_digest(repo, digest.as_str()).await?;
-            Ok(found.as_ref() == Some(digest))
+            match self.manifest_digest(repo, digest.as_str()).await? {
+                Some(found) if &found != digest && same_algorithm(&found, digest) => {
+                    Err(RegistryError::new(
+                        RegistryErrorKind::DigestMismatch,
+                        format!("asked for manifest {digest}, the registry answered with {found}"),
+                    ))
+                }
+                found => Ok(found.as_ref() == Some(digest)),
+            }
         })
         .await
     }

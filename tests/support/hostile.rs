@@ -2,8 +2,10 @@
 //! registry or git server a user named misbehaves: endless bodies, huge bodies, slow drips,
 //! redirect loops, content that is not what it claims. It speaks just enough HTTP/1.1 by hand
 //! (no framework that would refuse to misbehave), answers each request through a function of its
-//! method and path, and records every request line. Runs on its own thread and runtime, stopped
-//! on drop.
+//! method and path, and records every request line. In front of a real server
+//! ([`Hostile::in_front_of`]) it passes the requests it is told to ([`Answer::Pass`]) through to
+//! that server untouched, so that a client it does not attack (a builder pushing an image) sees a
+//! working server. Runs on its own thread and runtime, stopped on drop.
 #![allow(dead_code)] // each test binary uses its own part of it
 
 use std::net::SocketAddr;
@@ -44,6 +46,10 @@ pub enum Answer {
     },
     /// 302 to `location`.
     Redirect { location: String },
+    /// The request, head and body as they came, passed to the upstream server
+    /// ([`Hostile::in_front_of`]), and its answer passed back as it comes; the connection closes
+    /// after it. (Chunked request bodies are not passed.)
+    Pass,
 }
 
 impl Answer {
@@ -81,6 +87,22 @@ pub struct Hostile {
 impl Hostile {
     /// Starts a server answering each request with `handler(method, path)`.
     pub fn start(handler: impl Fn(&str, &str) -> Answer + Send + Sync + 'static) -> Hostile {
+        Hostile::serving(None, handler)
+    }
+
+    /// Starts a server in front of `upstream`: requests `handler(method, path)` answers with
+    /// [`Answer::Pass`] go to `upstream`, the others are answered as the handler says.
+    pub fn in_front_of(
+        upstream: SocketAddr,
+        handler: impl Fn(&str, &str) -> Answer + Send + Sync + 'static,
+    ) -> Hostile {
+        Hostile::serving(Some(upstream), handler)
+    }
+
+    fn serving(
+        upstream: Option<SocketAddr>,
+        handler: impl Fn(&str, &str) -> Answer + Send + Sync + 'static,
+    ) -> Hostile {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind hostile server");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("address");
@@ -102,7 +124,7 @@ impl Hostile {
                         };
                         let (handler, log) = (handler.clone(), log.clone());
                         tokio::spawn(async move {
-                            let _ = serve(stream, handler, log).await;
+                            let _ = serve(stream, upstream, handler, log).await;
                         });
                     }
                 };
@@ -151,22 +173,70 @@ impl Drop for Hostile {
 /// Serves the requests of one connection, one after another (keep-alive).
 async fn serve(
     mut stream: TcpStream,
+    upstream: Option<SocketAddr>,
     handler: Arc<Handler>,
     log: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
     loop {
-        let Some((method, path, body_len)) = read_head(&mut stream).await? else {
+        let Some(head) = read_head(&mut stream).await? else {
             return Ok(());
         };
-        discard(&mut stream, body_len).await?;
-        log.lock().unwrap().push(format!("{method} {path}"));
-        let answer = handler(&method, &path);
-        answer_with(&mut stream, &method, answer).await?;
+        log.lock()
+            .unwrap()
+            .push(format!("{} {}", head.method, head.path));
+        match handler(&head.method, &head.path) {
+            Answer::Pass => {
+                let upstream = upstream.ok_or_else(|| std::io::Error::other("no upstream"))?;
+                return pass(&mut stream, &head, upstream).await;
+            }
+            answer => {
+                discard(&mut stream, head.body_len).await?;
+                answer_with(&mut stream, &head.method, answer).await?;
+            }
+        }
     }
 }
 
-/// Reads a request head: method, path and `Content-Length`; `None` at the end of the stream.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(String, String, u64)>> {
+/// A request head as read.
+struct Head {
+    method: String,
+    path: String,
+    /// Its `Content-Length` (0 without one).
+    body_len: u64,
+    /// Its lines, the request line first, without the blank line that ends it.
+    lines: Vec<String>,
+}
+
+/// Passes the request whose `head` was read (and its body, still unread) to `upstream`, asking it
+/// to close the connection after its answer, and copies that answer back until it does.
+async fn pass(client: &mut TcpStream, head: &Head, upstream: SocketAddr) -> std::io::Result<()> {
+    let is = |line: &str, name: &str| {
+        line.split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+    };
+    if head.lines.iter().any(|l| is(l, "transfer-encoding")) {
+        return Err(std::io::Error::other(
+            "chunked request bodies are not passed",
+        ));
+    }
+    let mut forwarded: Vec<&str> = head
+        .lines
+        .iter()
+        .filter(|l| !is(l, "connection") && !is(l, "keep-alive"))
+        .map(String::as_str)
+        .collect();
+    forwarded.push("Connection: close");
+    let mut server = TcpStream::connect(upstream).await?;
+    server
+        .write_all(format!("{}\r\n\r\n", forwarded.join("\r\n")).as_bytes())
+        .await?;
+    tokio::io::copy(&mut (&mut *client).take(head.body_len), &mut server).await?;
+    tokio::io::copy(&mut server, client).await?;
+    client.shutdown().await
+}
+
+/// Reads a request head; `None` at the end of the stream.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Head>> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -178,17 +248,23 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(String, St
             return Err(std::io::Error::other("request head too long"));
         }
     }
-    let text = String::from_utf8_lossy(&head);
-    let mut lines = text.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split(' ');
+    let text = String::from_utf8_lossy(&head[..head.len() - 4]);
+    let lines: Vec<String> = text.split("\r\n").map(String::from).collect();
+    let mut first = lines[0].split(' ');
     let method = first.next().unwrap_or_default().to_string();
     let path = first.next().unwrap_or_default().to_string();
-    let len = lines
+    let body_len = lines[1..]
+        .iter()
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.trim().parse().ok())
         .unwrap_or(0);
-    Ok(Some((method, path, len)))
+    Ok(Some(Head {
+        method,
+        path,
+        body_len,
+        lines,
+    }))
 }
 
 async fn discard(stream: &mut TcpStream, mut len: u64) -> std::io::Result<()> {
@@ -283,6 +359,11 @@ async fn answer_with(stream: &mut TcpStream, method: &str, answer: Answer) -> st
         Answer::Redirect { location } => {
             let extra = format!("Location: {location}\r\nContent-Length: 0\r\n");
             stream.write_all(&head_of(302, &[], &extra)).await?;
+        }
+        Answer::Pass => {
+            return Err(std::io::Error::other(
+                "a passed request is not answered here",
+            ))
         }
     }
     stream.flush().await
