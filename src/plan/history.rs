@@ -32,7 +32,7 @@ pub(super) fn start(status: &mut MultiArchImageStatus, build: &NewBuild, now: Ti
 }
 
 /// Records how the current build ended in its history entry, once: `Succeeded` with the index
-/// digest, or `Failed`; nothing while it runs. A build recorded before the history existed gets
+/// digest, or `Failed`; nothing while it runs, and nothing after it ended. A build recorded before the history existed gets
 /// no entry.
 pub fn settle(status: &mut MultiArchImageStatus, now: Timestamp) {
     let result = match status.phase {
@@ -49,7 +49,8 @@ pub fn settle(status: &mut MultiArchImageStatus, now: Timestamp) {
     else {
         return;
     };
-    if entry.result == Some(result) {
+    // a build ends once: a later failure of the object (an invalid spec edit) is not the build's
+    if entry.result.is_some() {
         return;
     }
     entry.result = Some(result);
@@ -92,6 +93,7 @@ mod tests {
         status.phase = Some(Phase::Succeeded);
         status.digest = Some("sha256:d".into());
         settle(&mut status, at(3));
+        status.phase = Some(Phase::Failed);
         settle(&mut status, at(4));
         let first = &status.history[0];
         assert_eq!(first.result, Some(BuildResult::Succeeded));
