@@ -2,8 +2,16 @@
 # Builds the end-to-end environment's tools from their pinned Go modules and caches the
 # binaries outside the repository, keyed by version. A warm run only checks the cache.
 #
+# The leaf tools (helm, crane, Flux's controllers and the kstatus program) share one module,
+# e2e/tools/leaf, so their dependencies resolve once and compile once: whichever of them are
+# missing are built in one `go build`. Their cache keys carry that module's hash, so a change of
+# the module builds them again. The others each have their own module, e2e/tools/TOOL: KWOK v0.7.0
+# does not compile against the Kubernetes v0.36 libraries Flux v1.9.6 needs (KWOK v0.8.0 would,
+# with other pod stages), and the control plane, etcd, BuildKit and Karpenter pin their own.
+#
 #   e2e/tools/build.sh [TOOL...]     build what is missing (default: all tools)
-#   e2e/tools/build.sh --regen TOOL  rewrite e2e/tools/TOOL/go.mod and go.sum from versions.env
+#   e2e/tools/build.sh --regen TOOL  rewrite TOOL's go.mod and go.sum from versions.env (any
+#                                    leaf tool, or `leaf`, rewrites the shared module)
 #
 # Prints the cache's bin directory on the last line of standard output.
 set -euo pipefail
@@ -15,19 +23,24 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 mkdir -p "$cache/bin"
 log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# module path, version and packages of each tool
+leaf_tools=(helm crane flux kstatus)
+is_leaf() { [[ " ${leaf_tools[*]} " == *" $1 "* ]]; }
+# the shared module's hash (go.mod and go.sum): part of each leaf tool's cache key
+leaf_hash() { cat "$here/leaf/go.mod" "$here/leaf/go.sum" | sha256sum | cut -c1-12; }
+
+# module path and version of each tool (the version is its cache key)
 tool_module() {
   case $1 in
     kubernetes) echo "k8s.io/kubernetes $KUBERNETES_VERSION";;
     etcd) echo "go.etcd.io/etcd/server/v3 $ETCD_VERSION";;
     kwok) echo "sigs.k8s.io/kwok $KWOK_VERSION";;
-    helm) echo "helm.sh/helm/v3 $HELM_VERSION";;
-    crane) echo "github.com/google/go-containerregistry $CRANE_VERSION";;
+    helm) echo "helm.sh/helm/v3 $HELM_VERSION-leaf-$(leaf_hash)";;
+    crane) echo "github.com/google/go-containerregistry $CRANE_VERSION-leaf-$(leaf_hash)";;
     buildkit) echo "github.com/moby/buildkit $BUILDKIT_VERSION";;
     karpenter) echo "sigs.k8s.io/karpenter $KARPENTER_VERSION";;
-    flux) echo "github.com/fluxcd/kustomize-controller $FLUX_VERSION";;
-    # the verdict program: keyed by the library's version and the program's own source
-    kstatus) echo "github.com/fluxcd/cli-utils $KSTATUS_VERSION-$(sha256sum "$here/flux/kstatus/main.go" | cut -c1-12)";;
+    flux) echo "github.com/fluxcd/kustomize-controller $FLUX_VERSION-leaf-$(leaf_hash)";;
+    # the verdict program: keyed by the library's version, the module and the program's own source
+    kstatus) echo "github.com/fluxcd/cli-utils $KSTATUS_VERSION-leaf-$(leaf_hash)-$(sha256sum "$here/leaf/kstatus/main.go" | cut -c1-12)";;
     *) echo "unknown tool $1" >&2; return 2;;
   esac
 }
@@ -44,12 +57,9 @@ tool_packages() {
     kstatus) echo ./kstatus;;
   esac
 }
-# the folder of a tool's Go module (the kstatus program lives in Flux's tools module)
+# the folder of a tool's Go module
 tool_dir() {
-  case $1 in
-    kstatus) echo "$here/flux";;
-    *) echo "$here/$1";;
-  esac
+  if is_leaf "$1"; then echo "$here/leaf"; else echo "$here/$1"; fi
 }
 # the Go toolchain of each tool: the machine's, except where a tool needs a newer one (fetched
 # once through the module proxy)
@@ -74,19 +84,16 @@ cold_estimate() {
     kubernetes) echo "about 5 minutes for the four binaries, with the module downloads";;
     etcd) echo "about 1 minute";;
     kwok) echo "about 2 minutes";;
-    helm) echo "about 1.5 minutes";;
-    crane) echo "a few seconds";;
     buildkit) echo "about 2 minutes";;
     karpenter) echo "about 2 minutes, with its Go toolchain";;
-    flux) echo "about 3.5 minutes for both controllers";;
-    kstatus) echo "a few seconds after Flux";;
+    leaf) echo "about 5 minutes when helm, crane, both Flux controllers and kstatus are all built";;
   esac
 }
 
 regen() {
   local tool=$1 dir mod version
+  if [ "$tool" = leaf ] || is_leaf "$tool"; then regen_leaf; return; fi
   dir=$(tool_dir "$tool")
-  [ "$tool" != kstatus ] || { regen flux; return; }
   read -r mod version < <(tool_module "$tool")
   rm -f "$dir/go.mod" "$dir/go.sum" && mkdir -p "$dir"
   (
@@ -105,53 +112,87 @@ regen() {
       go mod edit -go="$(awk '/^go /{print $2}' "$kk")"
       awk '/^godebug /' "$kk" >> go.mod
     fi
-    if [ "$tool" = flux ]; then
-      # the published api modules stand in for the controllers' `./api` replaces (replaces apply
-      # in their own repositories only, so the one this build needs is repeated here);
-      # artifact v0.18.3 is not served, v0.18.0 is
-      go mod edit -replace github.com/fluxcd/pkg/artifact=github.com/fluxcd/pkg/artifact@v0.18.0
-      # the go-digest both controllers replace theirs with (BLAKE3 registration)
-      go mod edit -replace github.com/opencontainers/go-digest=github.com/opencontainers/go-digest@v1.0.1-0.20220411205349-bde1400a84be
-      go get -tool "github.com/fluxcd/kustomize-controller@$version" "github.com/fluxcd/source-controller@$version"
-      go get "github.com/fluxcd/cli-utils@$KSTATUS_VERSION"
-      go mod tidy -e
-      exit 0
-    fi
     for p in $(tool_packages "$tool"); do go get -tool "$p@$version"; done
     go mod tidy
   )
 }
 
+# the leaf tools' shared module: Flux's controllers (whose dependencies are the newest, so the
+# others build against them), helm, crane, and the kstatus library
+regen_leaf() {
+  rm -f "$here/leaf/go.mod" "$here/leaf/go.sum"
+  (
+    cd "$here/leaf"
+    export GOTOOLCHAIN=local
+    go mod init multiarch-operator.e2e/tools/leaf >/dev/null 2>&1
+    # the published api modules stand in for the controllers' `./api` replaces (replaces apply
+    # in their own repositories only, so the one this build needs is repeated here);
+    # artifact v0.18.3 is not served, v0.18.0 is
+    go mod edit -replace github.com/fluxcd/pkg/artifact=github.com/fluxcd/pkg/artifact@v0.18.0
+    # the go-digest both controllers replace theirs with (BLAKE3 registration)
+    go mod edit -replace github.com/opencontainers/go-digest=github.com/opencontainers/go-digest@v1.0.1-0.20220411205349-bde1400a84be
+    go get -tool "github.com/fluxcd/kustomize-controller@$FLUX_VERSION" "github.com/fluxcd/source-controller@$FLUX_VERSION"
+    go get -tool "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
+    go get "github.com/fluxcd/cli-utils@$KSTATUS_VERSION"
+    # -e: a test-only dependency of source-controller is not served
+    go mod tidy -e
+  )
+}
+
+# the version a tool's binaries report (its release, without the cache key's module hash)
+release() { echo "${1%%-leaf-*}"; }
+
+# Builds the tools given that are missing from the cache; they share one module (one tool, or
+# leaf tools) and are built in one invocation, so each shared package compiles once, in parallel.
 build() {
-  local tool=$1 mod version stamp dir ldflags=()
-  dir=$(tool_dir "$tool")
-  read -r mod version < <(tool_module "$tool")
-  stamp="$cache/$tool-$version.done"
-  [ -f "$stamp" ] && return 0
-  [ -f "$dir/go.mod" ] || regen "$tool"
-  case $tool in
-    kubernetes)
-      local major minor
-      major=$(echo "$version" | sed -E 's/^v([0-9]+)\..*/\1/'); minor=$(echo "$version" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')
-      for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ldflags+=("-X $pkg.gitVersion=$version" "-X $pkg.gitMajor=$major" "-X $pkg.gitMinor=$minor" "-X $pkg.gitTreeState=clean")
-      done;;
-    buildkit) ldflags+=("-X github.com/moby/buildkit/version.Version=$version");;
-    helm) ldflags+=("-X helm.sh/helm/v3/internal/version.version=$version");;
-    kwok) ldflags+=("-X sigs.k8s.io/kwok/pkg/consts.Version=$version");;
-  esac
-  local started=$SECONDS pkgs
-  read -r -a pkgs < <(tool_packages "$tool")
-  log "building $(for p in "${pkgs[@]}"; do binary_name "$p"; done | tr '\n' ' ')($tool $version; cold, on 2 cores: $(cold_estimate "$tool"))"
+  local tool mod version dir ldflags=() missing=() pkgs=() names=() what=()
+  for tool in "$@"; do
+    read -r mod version < <(tool_module "$tool")
+    [ -f "$cache/$tool-$version.done" ] || missing+=("$tool")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  dir=$(tool_dir "${missing[0]}")
+  [ -f "$dir/go.mod" ] || regen "${missing[0]}"
+  for tool in "${missing[@]}"; do
+    read -r mod version < <(tool_module "$tool")
+    version=$(release "$version")
+    case $tool in
+      kubernetes)
+        local major minor
+        major=$(echo "$version" | sed -E 's/^v([0-9]+)\..*/\1/'); minor=$(echo "$version" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')
+        for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+          ldflags+=("-X $pkg.gitVersion=$version" "-X $pkg.gitMajor=$major" "-X $pkg.gitMinor=$minor" "-X $pkg.gitTreeState=clean")
+        done;;
+      buildkit) ldflags+=("-X github.com/moby/buildkit/version.Version=$version");;
+      helm) ldflags+=("-X helm.sh/helm/v3/internal/version.version=$version");;
+      kwok) ldflags+=("-X sigs.k8s.io/kwok/pkg/consts.Version=$version");;
+    esac
+    local tool_pkgs
+    read -r -a tool_pkgs < <(tool_packages "$tool")
+    pkgs+=("${tool_pkgs[@]}")
+    what+=("$tool $version")
+  done
+  local p
+  for p in "${pkgs[@]}"; do names+=("$(binary_name "$p")"); done
+  local started=$SECONDS estimate_of=${missing[0]}
+  is_leaf "$estimate_of" && estimate_of=leaf
+  log "building ${names[*]} ($(IFS=,; echo "${what[*]}" | sed 's/,/, /g'); cold, on 2 cores: $(cold_estimate "$estimate_of"))"
   local GOTOOLCHAIN
-  GOTOOLCHAIN=$(tool_toolchain "$tool")
+  GOTOOLCHAIN=$(tool_toolchain "${missing[0]}")
   export GOTOOLCHAIN
   if [ ${#pkgs[@]} -eq 1 ]; then
-    (cd "$dir" && go build -trimpath -ldflags "-s -w ${ldflags[*]}" -o "$cache/bin/$(binary_name "${pkgs[0]}")" "${pkgs[0]}")
+    (cd "$dir" && go build -trimpath -ldflags "-s -w ${ldflags[*]}" -o "$cache/bin/${names[0]}" "${pkgs[0]}")
   else
-    # one invocation for all of a tool's commands: each shared package compiles once, in parallel
     (cd "$dir" && go build -trimpath -ldflags "-s -w ${ldflags[*]}" -o "$cache/bin/" "${pkgs[@]}")
   fi
+  for tool in "${missing[@]}"; do finish "$tool" "$dir"; done
+  log "${missing[*]} built in $((SECONDS - started))s"
+}
+
+# what a tool needs besides its binaries (scripts, CRDs), then its cache stamp
+finish() {
+  local tool=$1 dir=$2 mod version
+  read -r mod version < <(tool_module "$tool")
   if [ "$tool" = buildkit ]; then
     local src
     src=$(cd "$dir" && go list -m -f '{{.Dir}}' github.com/moby/buildkit)
@@ -175,12 +216,16 @@ build() {
     cp "$src"/kwok/charts/crds/*.yaml "$src/kwok/apis/crds/karpenter.kwok.sh_kwoknodeclasses.yaml" "$cache/karpenter-crds/"
     chmod u+w "$cache"/karpenter-crds/*.yaml
   fi
-  log "$tool $version built in $((SECONDS - started))s"
-  touch "$stamp"
+  touch "$cache/$tool-$version.done"
 }
 
-all=(kubernetes etcd kwok helm crane buildkit karpenter flux kstatus)
+all=(kubernetes etcd kwok buildkit karpenter "${leaf_tools[@]}")
 if [ "${1:-}" = --regen ]; then shift; for t in "$@"; do regen "$t"; done; exit 0; fi
 [ $# -gt 0 ] || set -- "${all[@]}"
-for t in "$@"; do build "$t"; done
+leaf=()
+for t in "$@"; do
+  tool_module "$t" >/dev/null
+  if is_leaf "$t"; then leaf+=("$t"); else build "$t"; fi
+done
+[ ${#leaf[@]} -eq 0 ] || build "${leaf[@]}"
 echo "$cache/bin"
