@@ -9,7 +9,7 @@
 mod registry;
 
 use multiarch_operator::publish::{
-    DockerConfig, IndexFormat, PublishError, Publisher, RegistryConfig, Source,
+    DockerConfig, IndexFormat, PublishError, Publisher, RegistryApi as _, RegistryConfig, Source,
 };
 use multiarch_operator::reference::{Digest, Repository, Tag};
 use registry::images::{platform_json, Pushed, Pusher, OCI_INDEX, OCI_MANIFEST};

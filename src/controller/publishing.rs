@@ -12,7 +12,7 @@ use crate::api::{MultiArchImage, MultiArchImageStatus};
 use crate::plan::PublishOutcome;
 use crate::publish::credentials::DockerConfig;
 use crate::publish::registry::RegistryConfig;
-use crate::publish::{IndexFormat, PublishPlan, Publisher, Source};
+use crate::publish::{IndexFormat, PublishPlan, Publisher, RegistryApi as _, Source};
 use crate::reference::{Digest, Tag};
 use crate::validate::DesiredBuild;
 
@@ -106,7 +106,7 @@ pub async fn verify_pushed(
 }
 
 /// Verifies every platform's image (its platform read from its config), tags each platform image
-/// (`<tags[0]>-<arch><variant>`), then pushes the index by digest and to every tag. Nothing is
+/// (`<tags[0]>-<arch><variant>`), then pushes the index to every tag. Nothing is
 /// tagged before every image is verified; the index is deterministic, so repeating a publish
 /// after a crash writes the same bytes.
 pub async fn publish(

@@ -1,0 +1,247 @@
+//! The requests a publish makes, counted by the test's own proxy (`support/registry/proxy.rs`)
+//! in front of a real registry (Debian's `docker-registry`) on loopback. A publish of N images
+//! in the target repository to T tags needs 2N + T requests: one GET per source manifest, one
+//! GET per image config, one PUT per tag (the first tag's PUT creates the index); per-platform
+//! tags add one PUT each; a registry that wants credentials adds its one challenge, and a token
+//! service one token request.
+
+#[path = "support/registry/mod.rs"]
+mod registry;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use multiarch_operator::publish::{DockerConfig, IndexFormat, Publisher, RegistryConfig, Source};
+use multiarch_operator::reference::{Repository, Tag};
+use registry::images::{Pushed, Pusher};
+use registry::proxy::FaultProxy;
+use registry::token::{TokenIssuer, ISSUER, SERVICE};
+use registry::{docker_config, docker_config_basic, publish, RegistryAuth, RegistryServer};
+
+const PLATFORMS: [&str; 8] = [
+    "linux/amd64",
+    "linux/arm64",
+    "linux/arm/v7",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/386",
+    "linux/riscv64",
+    "linux/arm/v6",
+];
+const TAGS: [&str; 2] = ["1.0.0", "latest"];
+const USER: &str = "builder";
+const PASSWORD: &str = "correct horse battery staple";
+
+/// What a request was, from the proxy's `METHOD PATH -> STATUS` line: `PUT manifest 1.0.0`
+/// for a manifest pushed to a tag, `PUT manifest digest` by digest, `GET blob`, `GET /v2/`...
+fn kind(line: &str) -> String {
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or("?"), words.next().unwrap_or("?"));
+    let status = line.rsplit(' ').next().unwrap_or("?");
+    let what = if path == "/v2/" {
+        "/v2/".to_string()
+    } else if let Some((_, reference)) = path.split_once("/manifests/") {
+        match (method, reference.starts_with("sha256:")) {
+            ("PUT", true) => "manifest digest".into(),
+            ("PUT", false) => format!("manifest {reference}"),
+            _ => "manifest".into(),
+        }
+    } else if path.contains("/blobs/uploads/") {
+        "blob upload".into()
+    } else if path.contains("/blobs/") {
+        "blob".into()
+    } else {
+        path.to_string()
+    };
+    match status {
+        "401" => format!("{method} {what} -> 401"),
+        _ => format!("{method} {what}"),
+    }
+}
+
+fn counts(requests: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in requests {
+        *counts.entry(kind(r)).or_default() += 1;
+    }
+    counts
+}
+
+/// The counts a publish of `n` images to `tags` should make (and `extra` more).
+fn expected(n: usize, tags: &[&str], extra: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    let mut e = BTreeMap::from([("GET manifest".to_string(), n), ("GET blob".to_string(), n)]);
+    for t in tags {
+        e.insert(format!("PUT manifest {t}"), 1);
+    }
+    for (k, v) in extra {
+        *e.entry(k.to_string()).or_default() += v;
+    }
+    e
+}
+
+/// Every read before the first write.
+fn assert_reads_first(requests: &[String]) {
+    let first_write = requests.iter().position(|r| r.starts_with("PUT"));
+    let last_read = requests.iter().rposition(|r| r.starts_with("GET"));
+    if let (Some(w), Some(r)) = (first_write, last_read) {
+        assert!(r < w, "a read after a write: {requests:#?}");
+    }
+}
+
+/// `n` images, one per platform, pushed by digest into `path`.
+async fn images(push: &Pusher, path: &str, n: usize) -> Vec<Pushed> {
+    let mut out = Vec::new();
+    for p in &PLATFORMS[..n] {
+        out.push(push.image(path, p, &format!("{path} {p}")).await);
+    }
+    out
+}
+
+fn publish_args(proxy: &FaultProxy, path: &str, images: &[Pushed]) -> Vec<String> {
+    let mut args = vec!["--plain-http".to_string()];
+    for t in TAGS {
+        args.extend(["--tag".into(), format!("{}/{path}:{t}", proxy.host)]);
+    }
+    for (p, image) in PLATFORMS.iter().zip(images) {
+        args.push(format!("{p}={}/{path}@{}", proxy.host, image.digest));
+    }
+    args
+}
+
+#[tokio::test]
+async fn publish_makes_two_requests_per_image_and_one_per_tag() {
+    let reg = RegistryServer::start(RegistryAuth::None, false);
+    let push = Pusher::new(&reg, None).await;
+    let config = docker_config(&serde_json::json!({}));
+    for n in [2, 4, 8] {
+        let path = format!("count{n}/app");
+        let images = images(&push, &path, n).await;
+        let proxy = FaultProxy::start(&reg.host, Vec::new());
+        let out = publish(&publish_args(&proxy, &path, &images), config.path(), None).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let requests = proxy.requests();
+        println!(
+            "N={n} T={}: {} requests over {} connection(s): {:?}",
+            TAGS.len(),
+            requests.len(),
+            proxy.connections_used(),
+            counts(&requests)
+        );
+        assert_eq!(counts(&requests), expected(n, &TAGS, &[]), "{requests:#?}");
+        assert_eq!(requests.len(), 2 * n + TAGS.len());
+        assert_reads_first(&requests);
+        // connections reused: usually one; the client's pool may race a new connection against
+        // the previous one coming free, never one per request
+        let used = proxy.connections_used();
+        assert!(
+            used * 3 <= requests.len(),
+            "{used} connections for {} requests",
+            requests.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_registry_adds_one_challenge_and_one_token_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TokenIssuer::start(dir.path(), &[(USER, PASSWORD)]);
+    let reg = RegistryServer::start(
+        RegistryAuth::Token {
+            realm: issuer.realm.clone(),
+            service: SERVICE.into(),
+            issuer: ISSUER.into(),
+            root_cert_bundle: issuer.root_cert_bundle.clone(),
+        },
+        false,
+    );
+    let push = Pusher::new(&reg, Some((USER, PASSWORD))).await;
+    let n = 4;
+    let in_target = images(&push, "team/app", n).await;
+    let proxy = FaultProxy::start(&reg.host, Vec::new());
+    let config = docker_config_basic(&proxy.host, USER, PASSWORD);
+    let issued = issuer.issued.load(Ordering::SeqCst);
+    let out = publish(
+        &publish_args(&proxy, "team/app", &in_target),
+        config.path(),
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let requests = proxy.requests();
+    let tokens = issuer.issued.load(Ordering::SeqCst) - issued;
+    println!(
+        "token registry, N={n} T={}: {} registry requests over {} connection(s), {tokens} token request(s): {:?}",
+        TAGS.len(),
+        requests.len(),
+        proxy.connections_used(),
+        counts(&requests)
+    );
+    // the first request meets the challenge; its token (pull and push on the target) serves
+    // every later request
+    assert_eq!(
+        counts(&requests),
+        expected(n, &TAGS, &[("GET manifest -> 401", 1)]),
+        "{requests:#?}"
+    );
+    assert_eq!(tokens, 1, "one token for the whole publish");
+    assert_reads_first(&requests);
+    let used = proxy.connections_used();
+    assert!(used * 3 <= requests.len(), "{used} connections");
+}
+
+/// What the controller does: prepare, a tag per platform image, then the index to its tags.
+#[tokio::test]
+async fn the_controller_adds_one_put_per_platform_tag() {
+    multiarch_operator::install_crypto_provider();
+    let reg = RegistryServer::start(RegistryAuth::None, false);
+    let push = Pusher::new(&reg, None).await;
+    let n = 2;
+    let images = images(&push, "team/app", n).await;
+    let proxy = FaultProxy::start(&reg.host, Vec::new());
+    let publisher = Publisher::from_config(
+        RegistryConfig {
+            plain_http: true,
+            ..RegistryConfig::default()
+        },
+        DockerConfig::empty(),
+    )
+    .unwrap();
+    let target: Repository = format!("{}/team/app", proxy.host).parse().unwrap();
+    let sources: Vec<Source> = PLATFORMS
+        .iter()
+        .zip(&images)
+        .map(|(p, i)| {
+            let reference = target.with_digest(i.digest.parse().unwrap());
+            Source::new(reference, Some(p.parse().unwrap()))
+        })
+        .collect();
+    let plan = publisher
+        .prepare(&sources, &target, IndexFormat::Oci)
+        .await
+        .unwrap();
+    let mut platform_tags = Vec::new();
+    for image in plan.images() {
+        let tag: Tag = format!("1.0.0-{}", image.platform().tag_suffix())
+            .parse()
+            .unwrap();
+        publisher.tag_image(&plan, image, &tag).await.unwrap();
+        platform_tags.push(tag.to_string());
+    }
+    let tags: Vec<Tag> = TAGS.iter().map(|t| t.parse().unwrap()).collect();
+    publisher.write(&plan, &tags).await.unwrap();
+    let requests = proxy.requests();
+    println!(
+        "controller, N={n} T={} with platform tags: {} requests: {:?}",
+        TAGS.len(),
+        requests.len(),
+        counts(&requests)
+    );
+    let mut all_tags: Vec<&str> = platform_tags.iter().map(String::as_str).collect();
+    all_tags.extend(TAGS);
+    assert_eq!(
+        counts(&requests),
+        expected(n, &all_tags, &[]),
+        "{requests:#?}"
+    );
+    assert_reads_first(&requests);
+}
