@@ -187,6 +187,34 @@ async fn a_token_registry_adds_one_challenge_and_one_token_request() {
     assert_reads_first(&requests);
     let used = proxy.connections_used();
     assert!(used * 3 <= requests.len(), "{used} connections");
+
+    // sources in another repository: three scopes (the source, the target, a mount from one
+    // into the other), a token each, and still one challenge: once the token service is known,
+    // a token is asked for before the request that needs it
+    let elsewhere = images(&push, "src/app", 2).await;
+    let proxy = FaultProxy::start(&reg.host, Vec::new());
+    let config = docker_config_basic(&proxy.host, USER, PASSWORD);
+    let mut args = publish_args(&proxy, "src/app", &elsewhere);
+    for t in TAGS {
+        let at = args
+            .iter()
+            .position(|a| a.ends_with(&format!("src/app:{t}")))
+            .unwrap();
+        args[at] = format!("{}/team/copied:{t}", proxy.host);
+    }
+    let issued = issuer.issued.load(Ordering::SeqCst);
+    let out = publish(&args, config.path(), None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let requests = proxy.requests();
+    let tokens = issuer.issued.load(Ordering::SeqCst) - issued;
+    println!(
+        "token registry, 2 images copied from another repository: {} registry requests, {tokens} token request(s): {:?}",
+        requests.len(),
+        counts(&requests)
+    );
+    let challenges = requests.iter().filter(|r| r.ends_with("-> 401")).count();
+    assert_eq!(challenges, 1, "{requests:#?}");
+    assert_eq!(tokens, 3, "one token per scope");
 }
 
 /// What the controller does: prepare, a tag per platform image, then the index to its tags.
