@@ -72,6 +72,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<ObjectRef<MultiArchImage>, u32>>,
+    /// One registry client per push Secret version (`publishing::PublisherKey`), reused.
+    publishers: crate::publish::PublisherCache<publishing::PublisherKey>,
 }
 
 fn backoff(ctx: &Context, obj: &MultiArchImage) -> Duration {
@@ -337,6 +339,7 @@ fn context(
         recorder,
         metrics,
         failures: Mutex::new(HashMap::new()),
+        publishers: crate::publish::PublisherCache::new(publishing::PUBLISHERS_KEPT),
     })
 }
 

@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod cli;
 pub mod credentials;
 mod error;
@@ -40,6 +41,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 use tracing::{debug, info};
 
+pub use cache::PublisherCache;
 pub use credentials::{Credential, DockerConfig};
 pub use error::{PartialWrite, PlatformClaim, PublishError};
 pub use index::IndexFormat;
