@@ -51,7 +51,7 @@ use crate::platform::Platform;
 use crate::reference::{Digest, Reference, ReferenceError, Repository, Tag};
 use index::{
     AssembledIndex, BlobDescriptor, ChildKind, ImageManifest, ImagePlatform, IndexEntry,
-    IndexManifest, ManifestDescriptor, ManifestError, ParsedManifest,
+    IndexError, IndexManifest, ManifestDescriptor, ManifestError, ParsedManifest,
 };
 use registry::ManifestTarget;
 use verify::FetchedManifest;
@@ -318,9 +318,8 @@ impl<R: RegistryApi> Publisher<R> {
         for source in sources {
             images.extend(session.verify_source(source).await?);
         }
-        check_platforms_unique(&images)?;
-        let index =
-            index::assemble(&index_entries(&images), format).map_err(PublishError::Index)?;
+        let index = index::assemble(&index_entries(&images), format)
+            .map_err(|error| index_error(error, &images))?;
         for image in &mut images {
             session.find_in_target(target, &mut image.manifest).await?;
             for attestation in &mut image.attestations {
@@ -699,22 +698,27 @@ impl<R: RegistryApi> Publisher<R> {
     }
 }
 
-/// Refuses two images of one platform (`linux/arm64` and `linux/arm64/v8` are one).
-#[allow(clippy::result_large_err)] // the engine's own error type, as its async steps return
-fn check_platforms_unique(images: &[PlannedImage]) -> Result<(), PublishError> {
-    for (i, image) in images.iter().enumerate() {
-        if let Some(first) = images[..i]
-            .iter()
-            .find(|other| other.platform().matches(image.platform()))
-        {
-            return Err(PublishError::DuplicatePlatform {
-                platform: image.platform().clone(),
-                first: first.name(),
-                second: image.name(),
-            });
+/// Why the verified images do not form an index; two images of one platform are named with
+/// the sources they came from.
+fn index_error(error: IndexError, images: &[PlannedImage]) -> PublishError {
+    match error {
+        IndexError::DuplicatePlatform {
+            platform,
+            first,
+            second,
+        } => {
+            let name = |digest: &Digest| {
+                let image = images.iter().find(|i| i.digest() == digest);
+                image.map_or_else(|| digest.to_string(), PlannedImage::name)
+            };
+            PublishError::DuplicatePlatform {
+                platform,
+                first: name(&first),
+                second: name(&second),
+            }
         }
+        other => PublishError::Index(other),
     }
-    Ok(())
 }
 
 /// The index entries of the verified images: each image, then its attestations.
