@@ -32,6 +32,7 @@ pub mod index;
 pub mod registry;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod transport;
 mod verify;
 

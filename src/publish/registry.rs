@@ -24,6 +24,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, Response, StatusCode};
+use rustls::pki_types::CertificateDer;
 use tracing::{debug, warn};
 
 use super::credentials::DockerConfig;
@@ -282,9 +283,9 @@ fn reported_digest(headers: &HeaderMap) -> Option<Digest> {
         .ok()
 }
 
-fn load_ca_file(path: &PathBuf) -> Result<Vec<reqwest::Certificate>, RegistryError> {
+/// The certificates of a PEM file, each checked to be a usable root.
+fn load_ca_file(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, RegistryError> {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
     let setup = |why: String| {
         RegistryError::new(
             RegistryErrorKind::Setup,
@@ -293,14 +294,16 @@ fn load_ca_file(path: &PathBuf) -> Result<Vec<reqwest::Certificate>, RegistryErr
     };
     let pem = std::fs::read(path).map_err(|e| setup(e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
-        .map(|c| c.map(|der| reqwest::Certificate::from_der(&der)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| setup(format!("invalid PEM: {e}")))?
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| setup(format!("invalid certificate: {e}")))?;
+        .map_err(|e| setup(format!("invalid PEM: {e}")))?;
     if certs.is_empty() {
         return Err(setup("no PEM certificate in it".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| setup(format!("invalid certificate: {e}")))?;
     }
     Ok(certs)
 }

@@ -128,7 +128,7 @@ pub(crate) struct Transport {
 pub(crate) struct TransportConfig {
     pub plain_http: bool,
     pub insecure: bool,
-    pub extra_roots: Vec<reqwest::Certificate>,
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Connecting, and waiting for each read.
     pub idle_timeout: Duration,
 }
@@ -138,20 +138,25 @@ impl Transport {
         config: TransportConfig,
         credentials: DockerConfig,
     ) -> Result<Self, RegistryError> {
+        let setup = |why: String| {
+            RegistryError::new(
+                RegistryErrorKind::Setup,
+                format!("cannot set up the registry client: {why}"),
+            )
+        };
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .ok_or_else(|| setup("no TLS crypto provider installed".into()))?;
+        let tls = super::tls::client_config(provider, config.insecure, config.extra_roots)
+            .map_err(|e| setup(e.to_string()))?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("multiarch-operator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.idle_timeout)
             .read_timeout(config.idle_timeout)
             .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-            .danger_accept_invalid_certs(config.insecure)
-            .tls_certs_merge(config.extra_roots)
+            .tls_backend_preconfigured(tls)
             .build()
-            .map_err(|e| {
-                RegistryError::new(
-                    RegistryErrorKind::Setup,
-                    format!("cannot set up the registry client: {}", error_chain(&e)),
-                )
-            })?;
+            .map_err(|e| setup(error_chain(&e)))?;
         Ok(Transport {
             http,
             scheme: if config.plain_http { "http" } else { "https" },
