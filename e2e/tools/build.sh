@@ -2,7 +2,7 @@
 # Builds the end-to-end environment's tools from their pinned Go modules and caches the
 # binaries outside the repository, keyed by version. A warm run only checks the cache.
 #
-#   e2e/tools/build.sh [TOOL...]     build what is missing (default: all tools)
+#   e2e/tools/build.sh [TOOL...]     build what is missing (default: all tools the tests use)
 #   e2e/tools/build.sh --regen TOOL  rewrite e2e/tools/TOOL/go.mod and go.sum from versions.env
 #
 # Prints the cache's bin directory on the last line of standard output.
@@ -28,6 +28,9 @@ tool_module() {
     flux) echo "github.com/fluxcd/kustomize-controller $FLUX_VERSION";;
     # the verdict program: keyed by the library's version and the program's own source
     kstatus) echo "github.com/fluxcd/cli-utils $KSTATUS_VERSION-$(sha256sum "$here/flux/kstatus/main.go" | cut -c1-12)";;
+    regctl) echo "github.com/regclient/regclient $REGCTL_VERSION";;
+    oras) echo "oras.land/oras $ORAS_VERSION";;
+    buildx) echo "github.com/docker/buildx $BUILDX_VERSION";;
     *) echo "unknown tool $1" >&2; return 2;;
   esac
 }
@@ -42,6 +45,9 @@ tool_packages() {
     karpenter) echo sigs.k8s.io/karpenter/kwok;;
     flux) echo github.com/fluxcd/{source-controller,kustomize-controller};;
     kstatus) echo ./kstatus;;
+    regctl) echo github.com/regclient/regclient/cmd/regctl;;
+    oras) echo oras.land/oras/cmd/oras;;
+    buildx) echo github.com/docker/buildx/cmd/buildx;;
   esac
 }
 # the folder of a tool's Go module (the kstatus program lives in Flux's tools module)
@@ -80,6 +86,9 @@ cold_estimate() {
     karpenter) echo "about 2 minutes, with its Go toolchain";;
     flux) echo "about 3.5 minutes for both controllers";;
     kstatus) echo "a few seconds after Flux";;
+    regctl) echo "about 25 seconds";;
+    oras) echo "about 45 seconds";;
+    buildx) echo "about 3 minutes";;
   esac
 }
 
@@ -139,6 +148,7 @@ build() {
     buildkit) ldflags+=("-X github.com/moby/buildkit/version.Version=$version");;
     helm) ldflags+=("-X helm.sh/helm/v3/internal/version.version=$version");;
     kwok) ldflags+=("-X sigs.k8s.io/kwok/pkg/consts.Version=$version");;
+    buildx) ldflags+=("-X github.com/docker/buildx/version.Version=$version");;
   esac
   local started=$SECONDS pkgs
   read -r -a pkgs < <(tool_packages "$tool")
@@ -179,6 +189,8 @@ build() {
   touch "$stamp"
 }
 
+# the tools the tests use; the publish benchmark's peers (regctl, oras, buildx) are built only by
+# e2e/tools/bench-peers.sh
 all=(kubernetes etcd kwok helm crane buildkit karpenter flux kstatus)
 if [ "${1:-}" = --regen ]; then shift; for t in "$@"; do regen "$t"; done; exit 0; fi
 [ $# -gt 0 ] || set -- "${all[@]}"
