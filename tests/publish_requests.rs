@@ -17,8 +17,10 @@ use multiarch_operator::publish::{
 use multiarch_operator::reference::{Repository, Tag};
 use registry::images::{Pushed, Pusher};
 use registry::proxy::FaultProxy;
-use registry::token::{TokenIssuer, ISSUER, SERVICE};
-use registry::{docker_config, docker_config_basic, publish, RegistryAuth, RegistryServer};
+use registry::token::TokenIssuer;
+use registry::{
+    docker_config, docker_config_basic, publish, token_registry, RegistryAuth, RegistryServer,
+};
 
 const PLATFORMS: [&str; 8] = [
     "linux/amd64",
@@ -150,15 +152,7 @@ async fn publish_makes_two_requests_per_image_and_one_per_tag() {
 async fn a_token_registry_adds_one_challenge_and_one_token_request() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TokenIssuer::start(dir.path(), &[(USER, PASSWORD)]);
-    let reg = RegistryServer::start(
-        RegistryAuth::Token {
-            realm: issuer.realm.clone(),
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            root_cert_bundle: issuer.root_cert_bundle.clone(),
-        },
-        false,
-    );
+    let reg = token_registry(&issuer);
     let push = Pusher::new(&reg, Some((USER, PASSWORD))).await;
     let n = 4;
     let in_target = images(&push, "team/app", n).await;

@@ -58,7 +58,8 @@ use index::{
 use registry::ManifestTarget;
 use verify::FetchedManifest;
 
-/// How many sources are read at once (each on its own connection), after the first.
+/// How many sources a publish reads at once (each on its own connection), after its first
+/// request.
 pub const CONCURRENT_READS: usize = 4;
 
 /// An image (or an index) to publish: a reference, and optionally the platform it must be.

@@ -278,6 +278,19 @@ impl RegistryServer {
     }
 }
 
+/// A plain-HTTP registry whose clients authenticate with bearer tokens from `issuer`.
+pub fn token_registry(issuer: &token::TokenIssuer) -> RegistryServer {
+    RegistryServer::start(
+        RegistryAuth::Token {
+            realm: issuer.realm.clone(),
+            service: token::SERVICE.into(),
+            issuer: token::ISSUER.into(),
+            root_cert_bundle: issuer.root_cert_bundle.clone(),
+        },
+        false,
+    )
+}
+
 impl Drop for RegistryServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
