@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test unit lint crds check-crds e2e demo down tools fuzz
+.PHONY: test unit lint crds check-crds e2e demo down tools fuzz bench-publish
 
 ## test: lint, unit and registry/git integration tests, then the end-to-end suite
 test: lint unit e2e
@@ -38,6 +38,10 @@ e2e:
 ## demo: a local control plane, registry, the operator and a sample MultiArchImage
 demo:
 	e2e/demo.sh
+
+## bench-publish: publish against crane, regctl, oras, buildx imagetools and skopeo (not in `test`)
+bench-publish:
+	e2e/bench-publish.sh
 
 ## fuzz: the parsers that read untrusted bytes under cargo-fuzz, FUZZ_SECONDS each (not in `test`)
 fuzz:

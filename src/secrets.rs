@@ -18,13 +18,7 @@ const MIN_LEN: usize = 4;
 /// `user:password`); for a git Secret, `base64(user:token)` as sent in a basic auth header.
 pub fn known_values(secret: &Secret) -> Vec<String> {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let text = |k: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-    };
+    let text = |k: &str| value(secret, k);
     let mut out = Vec::new();
     for (k, v) in secret.data.iter().flatten() {
         let value = String::from_utf8_lossy(&v.0).trim().to_string();
@@ -42,6 +36,12 @@ pub fn known_values(secret: &Secret) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The value of `key` in `secret`, as text without surrounding white space.
+pub fn value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    Some(String::from_utf8_lossy(&bytes.0).trim().to_string())
 }
 
 /// Passwords, tokens and `auth` values of a Docker config (and `auth` decoded).

@@ -19,6 +19,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use hostile::{Answer, Hostile};
+use multiarch_operator::publish::registry::RegistryApi as _;
 use sha2::{Digest as _, Sha256};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -9,15 +9,15 @@
 mod registry;
 
 use multiarch_operator::publish::{
-    DockerConfig, IndexFormat, PublishError, Publisher, RegistryConfig, Source,
+    DockerConfig, IndexFormat, PublishError, Publisher, RegistryApi as _, RegistryConfig, Source,
 };
 use multiarch_operator::reference::{Digest, Repository, Tag};
 use registry::images::{platform_json, Pushed, Pusher, OCI_INDEX, OCI_MANIFEST};
 use registry::proxy::{FaultProxy, FaultRule};
-use registry::token::{TokenIssuer, ISSUER, SERVICE};
+use registry::token::TokenIssuer;
 use registry::{
-    docker_config, docker_config_basic, publish, publish_logging, sha256, RegistryAuth,
-    RegistryServer, Skopeo,
+    docker_config, docker_config_basic, publish, publish_logging, sha256, token_registry,
+    RegistryAuth, RegistryServer, Skopeo,
 };
 use serde_json::{json, Value};
 
@@ -489,15 +489,7 @@ fn credential_helper(dir: &std::path::Path, name: &str, host: &str, user: &str, 
 async fn token_auth_through_a_token_service_and_a_credential_helper() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TokenIssuer::start(dir.path(), &[(USER, PASSWORD)]);
-    let reg = RegistryServer::start(
-        RegistryAuth::Token {
-            realm: issuer.realm.clone(),
-            service: SERVICE.into(),
-            issuer: ISSUER.into(),
-            root_cert_bundle: issuer.root_cert_bundle.clone(),
-        },
-        false,
-    );
+    let reg = token_registry(&issuer);
     let push = Pusher::new(&reg, Some((USER, PASSWORD))).await;
     let amd64 = push.image("team/app", "linux/amd64", "amd64").await;
     // in another repository: a token scoped to the target cannot mount it, so it is copied

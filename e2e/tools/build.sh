@@ -41,6 +41,10 @@ tool_module() {
     flux) echo "github.com/fluxcd/kustomize-controller $FLUX_VERSION-leaf-$(leaf_hash)";;
     # the verdict program: keyed by the library's version, the module and the program's own source
     kstatus) echo "github.com/fluxcd/cli-utils $KSTATUS_VERSION-leaf-$(leaf_hash)-$(sha256sum "$here/leaf/kstatus/main.go" | cut -c1-12)";;
+    # the publish benchmark's peers, built only by e2e/tools/bench-peers.sh
+    regctl) echo "github.com/regclient/regclient $REGCTL_VERSION";;
+    oras) echo "oras.land/oras $ORAS_VERSION";;
+    buildx) echo "github.com/docker/buildx $BUILDX_VERSION";;
     *) echo "unknown tool $1" >&2; return 2;;
   esac
 }
@@ -55,6 +59,9 @@ tool_packages() {
     karpenter) echo sigs.k8s.io/karpenter/kwok;;
     flux) echo github.com/fluxcd/{source-controller,kustomize-controller};;
     kstatus) echo ./kstatus;;
+    regctl) echo github.com/regclient/regclient/cmd/regctl;;
+    oras) echo oras.land/oras/cmd/oras;;
+    buildx) echo github.com/docker/buildx/cmd/buildx;;
   esac
 }
 # the folder of a tool's Go module
@@ -87,6 +94,9 @@ cold_estimate() {
     buildkit) echo "about 2 minutes";;
     karpenter) echo "about 2 minutes, with its Go toolchain";;
     leaf) echo "about 5 minutes when helm, crane, both Flux controllers and kstatus are all built";;
+    regctl) echo "about 25 seconds";;
+    oras) echo "about 45 seconds";;
+    buildx) echo "about 3 minutes";;
   esac
 }
 
@@ -166,6 +176,7 @@ build() {
       buildkit) ldflags+=("-X github.com/moby/buildkit/version.Version=$version");;
       helm) ldflags+=("-X helm.sh/helm/v3/internal/version.version=$version");;
       kwok) ldflags+=("-X sigs.k8s.io/kwok/pkg/consts.Version=$version");;
+      buildx) ldflags+=("-X github.com/docker/buildx/version.Version=$version");;
     esac
     local tool_pkgs
     read -r -a tool_pkgs < <(tool_packages "$tool")
@@ -219,6 +230,8 @@ finish() {
   touch "$cache/$tool-$version.done"
 }
 
+# the tools the tests use; the publish benchmark's peers (regctl, oras, buildx) are built only by
+# e2e/tools/bench-peers.sh
 all=(kubernetes etcd kwok buildkit karpenter "${leaf_tools[@]}")
 if [ "${1:-}" = --regen ]; then shift; for t in "$@"; do regen "$t"; done; exit 0; fi
 [ $# -gt 0 ] || set -- "${all[@]}"

@@ -15,6 +15,7 @@ use crate::api::{BaseImage, MultiArchImage, MultiArchImageStatus, Phase};
 use crate::plan::{same_spec, FollowCheck, MovedBase};
 use crate::provenance::{self, PREDICATE_TYPE_ANNOTATION};
 use crate::publish::index::{parse_manifest, BlobDescriptor, ParsedManifest};
+use crate::publish::registry::RegistryApi as _;
 use crate::publish::{PublishPlan, Publisher};
 use crate::reference::{Digest, Reference};
 use crate::validate::DesiredBuild;
@@ -187,10 +188,8 @@ async fn base_moved(
     if recorded.iter().all(|d| *d == now.as_str()) {
         return Ok(None);
     }
-    let fetched = registry
-        .fetch_manifest(&reference.repository.with_digest(now.clone()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let fetched =
+        manifest_by_digest(publisher, &reference.repository.with_digest(now.clone())).await?;
     let children: Vec<String> = match parse_manifest(&fetched.bytes) {
         Ok(ParsedManifest::Index(index)) => index
             .manifests
@@ -242,20 +241,38 @@ async fn provenance_of(
     attestation: &Reference,
 ) -> Result<Vec<provenance::Material>, String> {
     let registry = publisher.registry();
-    let manifest = registry
-        .fetch_manifest(attestation)
-        .await
-        .map_err(|e| e.to_string())?;
+    let manifest = manifest_by_digest(publisher, attestation).await?;
     let layers = provenance_layers(&manifest.bytes)?;
     let mut materials = Vec::new();
     for blob in layers {
         let bytes = registry
-            .fetch_blob(&attestation.repository, &blob)
+            .get_blob(&attestation.repository, &blob)
             .await
             .map_err(|e| e.to_string())?;
+        if Digest::sha256_of(&bytes) != blob.digest {
+            return Err(format!("blob {} has other content", blob.digest));
+        }
         materials.extend(provenance::base_images(&bytes)?);
     }
     Ok(materials)
+}
+
+/// The manifest `reference` (by digest) names, checked against its digest.
+async fn manifest_by_digest(
+    publisher: &Publisher,
+    reference: &Reference,
+) -> Result<crate::publish::registry::ServedManifest, String> {
+    let served = publisher
+        .registry()
+        .get_manifest(reference)
+        .await
+        .map_err(|e| e.to_string())?;
+    match &reference.digest {
+        Some(want) if Digest::sha256_of(&served.bytes) != *want => {
+            Err(format!("the registry served other content for {reference}"))
+        }
+        _ => Ok(served),
+    }
 }
 
 /// The layers of an attestation manifest whose predicate type is SLSA provenance.

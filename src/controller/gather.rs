@@ -253,13 +253,7 @@ pub(super) async fn resolve_source(
 /// Git credentials from a Secret: a `token` (with an optional `username`), or a `username` and
 /// `password`.
 fn git_credentials(secret: &Secret) -> GitCredentials {
-    let get = |k: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-    };
+    let get = |k: &str| crate::secrets::value(secret, k);
     match get("token") {
         Some(token) => GitCredentials {
             username: get("username").unwrap_or_else(|| "x-access-token".into()),

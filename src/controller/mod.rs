@@ -82,6 +82,8 @@ pub struct Context {
     pub(crate) polls: follow::Polls,
     /// Statuses written that the object cache may not show yet.
     written: written::Written,
+    /// One registry client per push Secret version (`publishing::PublisherKey`), reused.
+    publishers: crate::publish::PublisherCache<publishing::PublisherKey>,
 }
 
 fn backoff(ctx: &Context, obj: &MultiArchImage) -> Duration {
@@ -349,6 +351,7 @@ fn context(
         failures: Mutex::new(HashMap::new()),
         polls: follow::Polls::default(),
         written: written::Written::default(),
+        publishers: crate::publish::PublisherCache::new(publishing::PUBLISHERS_KEPT),
     })
 }
 

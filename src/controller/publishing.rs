@@ -1,6 +1,7 @@
 //! The controller's registry steps, through the publishing engine (`crate::publish`): checking a
 //! builder's reported digest, and publishing the verified index. Registry credentials come from
-//! the object's `pushSecretRef` (a `kubernetes.io/dockerconfigjson` Secret).
+//! the object's `pushSecretRef` (a `kubernetes.io/dockerconfigjson` Secret); one publisher per
+//! version of that Secret is kept and reused, with its connections and tokens.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -11,7 +12,7 @@ use crate::api::{MultiArchImage, MultiArchImageStatus};
 use crate::plan::{PublishOutcome, PushCheck};
 use crate::publish::credentials::DockerConfig;
 use crate::publish::registry::RegistryConfig;
-use crate::publish::{IndexFormat, PublishPlan, Publisher, Source};
+use crate::publish::{IndexFormat, PublishPlan, Publisher, RegistryApi as _, Source};
 use crate::reference::{Digest, Tag};
 use crate::validate::DesiredBuild;
 
@@ -23,28 +24,45 @@ pub(super) enum Credentials {
     Refused(String),
 }
 
-/// A publishing engine with the object's registry credentials (`pushSecretRef`).
+/// How many publishers (registry clients) the controller keeps: one per push Secret version in
+/// use, and one without credentials.
+pub(super) const PUBLISHERS_KEPT: usize = 64;
+
+/// The credentials a publisher is made with: none, or the push Secret `namespace/name` at a
+/// resourceVersion.
+pub(super) type PublisherKey = Option<(String, Option<String>)>;
+
+/// A publishing engine with the object's registry credentials (`pushSecretRef`), the one kept
+/// for that version of the Secret when there is one.
 pub(super) async fn publisher(ctx: &Context, obj: &MultiArchImage) -> Result<Credentials, Error> {
-    let credentials = match &obj.spec.push_secret_ref {
-        None => DockerConfig::empty(),
+    let secret = match &obj.spec.push_secret_ref {
+        None => None,
         Some(r) => {
             let ns = obj.namespace().unwrap_or_default();
             let secret = super::gather::get_secret(ctx, &ns, &r.name).await?;
-            match docker_config(secret.as_ref(), &format!("{ns}/{}", r.name)) {
-                Ok(config) => config,
-                Err(why) => return Ok(Credentials::Refused(why)),
-            }
+            Some((format!("{ns}/{}", r.name), secret))
         }
     };
-    let config = RegistryConfig {
-        plain_http: ctx.settings.registry_plain_http,
-        insecure: ctx.settings.registry_insecure,
-        ca_file: ctx.settings.registry_ca_file.clone(),
-        ..RegistryConfig::default()
-    };
-    Ok(match Publisher::from_config(config, credentials) {
+    let key: PublisherKey = secret.as_ref().map(|(name, secret)| {
+        let version = secret.as_ref().and_then(|s| s.resource_version());
+        (name.clone(), version)
+    });
+    let made = ctx.publishers.get_or_make(&key, || {
+        let credentials = match &secret {
+            None => DockerConfig::empty(),
+            Some((name, secret)) => docker_config(secret.as_ref(), name)?,
+        };
+        let config = RegistryConfig {
+            plain_http: ctx.settings.registry_plain_http,
+            insecure: ctx.settings.registry_insecure,
+            ca_file: ctx.settings.registry_ca_file.clone(),
+            ..RegistryConfig::default()
+        };
+        Publisher::from_config(config, credentials).map_err(|e| e.to_string())
+    });
+    Ok(match made {
         Ok(p) => Credentials::Ok(p),
-        Err(e) => Credentials::Refused(e.to_string()),
+        Err(why) => Credentials::Refused(why),
     })
 }
 
@@ -107,7 +125,7 @@ pub async fn verify_pushed(
 }
 
 /// Verifies every platform's image (its platform read from its config), tags each platform image
-/// (`<tags[0]>-<arch><variant>`), then pushes the index by digest and to every tag. Nothing is
+/// (`<tags[0]>-<arch><variant>`), then pushes the index to every tag. Nothing is
 /// tagged before every image is verified; the index is deterministic, so repeating a publish
 /// after a crash writes the same bytes.
 pub async fn publish(

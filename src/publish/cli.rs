@@ -43,7 +43,7 @@ impl From<FormatArg> for IndexFormat {
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "\
 Every source is read and every image's platform checked against its config before anything is \
-written; then the index is pushed by digest, then to each tag in order.
+written; then the index is pushed to each tag in order.
 
 Exit codes: 0 published; 1 failed, nothing written; 2 usage error; 3 partly written (the tags \
 written are listed on standard error).

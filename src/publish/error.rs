@@ -43,7 +43,7 @@ pub enum PublishError {
         /// The target's registry.
         registry: String,
     },
-    /// The registry refused access to the target repository.
+    /// The target repository could not be read (looking there for a manifest to copy).
     #[error("cannot access {repository}: {error}")]
     Access {
         /// The target repository.

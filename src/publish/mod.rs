@@ -4,45 +4,63 @@
 //!
 //! ```text
 //! sources --prepare--> PublishPlan --tag_image (optional, per platform)--> --write--> tags
-//!          reads only:               copies into the target repository,   index by digest,
-//!          manifests, configs,       then the image manifest to a tag     then each tag in order
-//!          platforms, duplicates
+//!          reads only:               copies into the target repository,   copies, then the
+//!          manifests, configs,       then the image manifest to a tag     index to each tag
+//!          platforms, duplicates                                          in order
 //! ```
 //!
 //! [`Publisher::prepare`] reads every source manifest and image config, takes each image's
 //! platform from its config (never from a label), flattens sources that are indexes (an image
 //! plus its attestations, or several platforms), and assembles the index; it writes nothing.
 //! [`Publisher::write`] copies sources from other repositories of the registry into the target
-//! repository, pushes the index by digest, then to each tag in order, and reports the tags written
-//! when it stops part-way ([`PartialWrite`]).
+//! repository, pushes the index to each tag in order, and reports the tags written when it
+//! stops part-way ([`PartialWrite`]).
+//!
+//! Requests are the fewest the checks allow: for N images already in the target repository
+//! and T tags, one GET per manifest, one GET per image config and one PUT per tag, 2N + T in all
+//! (a registry that wants credentials adds its one challenge). The engine reaches the registry
+//! through [`RegistryApi`] and verifies every answer itself (`verify`), so its decisions are
+//! tested against registries that misbehave in ways a real one cannot.
 
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod cli;
 pub mod credentials;
 mod error;
 pub mod index;
 pub mod registry;
+#[cfg(test)]
+mod tests;
+mod tls;
 mod transport;
+mod verify;
 
 use std::fmt;
 use std::str::FromStr;
 
 use bytes::Bytes;
+use futures::future::join_all;
 use tracing::{debug, info};
 
+pub use cache::PublisherCache;
 pub use credentials::{Credential, DockerConfig};
 pub use error::{PartialWrite, PlatformClaim, PublishError};
 pub use index::IndexFormat;
-pub use registry::{Registry, RegistryConfig, RegistryError, RetryPolicy};
+pub use registry::{Registry, RegistryApi, RegistryConfig, RegistryError, RetryPolicy};
 
 use crate::platform::Platform;
 use crate::reference::{Digest, Reference, ReferenceError, Repository, Tag};
 use index::{
     AssembledIndex, BlobDescriptor, ChildKind, ImageManifest, ImagePlatform, IndexEntry,
-    IndexManifest, ManifestDescriptor, ManifestError, ParsedManifest,
+    IndexError, IndexManifest, ManifestDescriptor, ManifestError, ParsedManifest,
 };
-use registry::{FetchedManifest, ManifestTarget};
+use registry::ManifestTarget;
+use verify::FetchedManifest;
+
+/// How many sources a publish reads at once (each on its own connection), after its first
+/// request.
+pub const CONCURRENT_READS: usize = 4;
 
 /// An image (or an index) to publish: a reference, and optionally the platform it must be.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +130,8 @@ pub struct PlannedManifest {
     media_type: String,
     bytes: Bytes,
     blobs: Vec<BlobDescriptor>,
+    /// The target repository has it (it was read from there, or found there): nothing to copy.
+    in_target: bool,
 }
 
 impl PlannedManifest {
@@ -240,18 +260,13 @@ impl PublishPlan {
     }
 }
 
-/// The publishing engine.
+/// The publishing engine, over a registry (the HTTP [`Registry`] unless a test gives another).
 #[derive(Clone, Debug)]
-pub struct Publisher {
-    registry: Registry,
+pub struct Publisher<R = Registry> {
+    registry: R,
 }
 
 impl Publisher {
-    /// An engine over `registry`.
-    pub fn new(registry: Registry) -> Self {
-        Publisher { registry }
-    }
-
     /// An engine with a new registry client.
     // the error is built once, at start-up: its size does not matter
     #[allow(clippy::result_large_err)]
@@ -263,18 +278,33 @@ impl Publisher {
             Registry::new(config, credentials).map_err(PublishError::Setup)?,
         ))
     }
+}
 
-    /// The registry adapter (for example to check that a builder's pushed digest exists with
-    /// [`Registry::manifest_digest_exists`]).
-    pub fn registry(&self) -> &Registry {
+impl<R: RegistryApi> Publisher<R> {
+    /// An engine over `registry`.
+    pub fn new(registry: R) -> Self {
+        Publisher { registry }
+    }
+
+    /// The registry (for example to check that a builder's pushed digest exists with
+    /// [`RegistryApi::manifest_digest_exists`]).
+    pub fn registry(&self) -> &R {
         &self.registry
+    }
+
+    /// The engine for a publish to `target`: its requests there ask for pull and push access
+    /// from the first ([`RegistryApi::pushing_to`]).
+    fn pushing_to(&self, target: &Repository) -> Self {
+        Publisher::new(self.registry.pushing_to(target))
     }
 
     /// Reads and checks everything needed to publish `sources` as one index in `target`, and
     /// writes nothing: every source manifest and image config is read, each image's platform is
     /// taken from its config and checked against the platform it was given as (and the one an
     /// index lists it as), indexes are flattened with their attestations, two images of one
-    /// platform are refused, and the index is assembled.
+    /// platform are refused, manifests read from other repositories are looked for in `target`,
+    /// and the index is assembled. Credentials are checked by the first request (with access to
+    /// push to `target`), no separate request.
     pub async fn prepare(
         &self,
         sources: &[Source],
@@ -289,43 +319,16 @@ impl Publisher {
                 });
             }
         }
-        self.registry
-            .check_push_access(target)
-            .await
-            .map_err(|error| PublishError::Access {
-                repository: target.to_string(),
-                error,
-            })?;
-        let mut images: Vec<PlannedImage> = Vec::new();
-        for source in sources {
-            images.extend(self.verify_source(source).await?);
-        }
-        for (i, image) in images.iter().enumerate() {
-            if let Some(first) = images[..i]
-                .iter()
-                .find(|other| other.platform().matches(image.platform()))
-            {
-                return Err(PublishError::DuplicatePlatform {
-                    platform: image.platform().clone(),
-                    first: first.name(),
-                    second: image.name(),
-                });
+        let session = self.pushing_to(target);
+        let mut images = session.verify_sources(sources).await?;
+        let index = index::assemble(&index_entries(&images), format)
+            .map_err(|error| index_error(error, &images))?;
+        for image in &mut images {
+            session.find_in_target(target, &mut image.manifest).await?;
+            for attestation in &mut image.attestations {
+                session.find_in_target(target, attestation).await?;
             }
         }
-        let mut entries = Vec::new();
-        for image in &images {
-            entries.push(IndexEntry::Image {
-                descriptor: image.manifest.descriptor(),
-                platform: image.platform.clone(),
-            });
-            for attestation in &image.attestations {
-                entries.push(IndexEntry::Attestation {
-                    descriptor: attestation.descriptor(),
-                    subject: image.manifest.digest.clone(),
-                });
-            }
-        }
-        let index = index::assemble(&entries, format).map_err(PublishError::Index)?;
         info!(target = %target, digest = %index.digest, images = images.len(), "index prepared");
         Ok(PublishPlan {
             target: target.clone(),
@@ -334,10 +337,57 @@ impl Publisher {
         })
     }
 
+    /// Verifies `sources`, their images in order: the first source's manifest is read alone
+    /// (the first request meets the registry's challenge, if it makes one, once for all), then
+    /// the sources are verified in batches of [`CONCURRENT_READS`] at once. Two sources are
+    /// read one after the other: a second connection (a TCP and a TLS handshake) costs more
+    /// round trips than it saves.
+    async fn verify_sources(&self, sources: &[Source]) -> Result<Vec<PlannedImage>, PublishError> {
+        let Some(first) = sources.first() else {
+            return Ok(Vec::new());
+        };
+        let mut first_read = Some(self.fetch(&first.reference).await?);
+        let mut images = Vec::new();
+        let at_once = if sources.len() > 2 {
+            CONCURRENT_READS
+        } else {
+            1
+        };
+        for batch in sources.chunks(at_once) {
+            let reads: Vec<_> = batch
+                .iter()
+                .map(|source| {
+                    let read = first_read.take();
+                    async move {
+                        let fetched = match read {
+                            Some(fetched) => fetched,
+                            None => self.fetch(&source.reference).await?,
+                        };
+                        self.verify_fetched(source, fetched).await
+                    }
+                })
+                .collect();
+            // the first failure in the order of the sources, whichever failed first in time
+            for verified in join_all(reads).await {
+                images.extend(verified?);
+            }
+        }
+        Ok(images)
+    }
+
     /// Reads one source and verifies its image(s): the images it contributes to an index, each
     /// with its platform from its config and its attestations. Writes nothing.
     pub async fn verify_source(&self, source: &Source) -> Result<Vec<PlannedImage>, PublishError> {
         let fetched = self.fetch(&source.reference).await?;
+        self.verify_fetched(source, fetched).await
+    }
+
+    /// Verifies a source whose manifest was read.
+    async fn verify_fetched(
+        &self,
+        source: &Source,
+        fetched: FetchedManifest,
+    ) -> Result<Vec<PlannedImage>, PublishError> {
         let name = source.reference.to_string();
         let parsed = index::parse_manifest(&fetched.bytes).map_err(|error| {
             PublishError::InvalidManifest {
@@ -371,22 +421,27 @@ impl Publisher {
         }
     }
 
+    /// One read of the manifest `reference` names, verified (`verify::manifest`).
     async fn fetch(&self, reference: &Reference) -> Result<FetchedManifest, PublishError> {
-        self.registry
-            .fetch_manifest(reference)
+        let read_error = |error: RegistryError| match error.is_not_found() {
+            true => PublishError::SourceNotFound {
+                reference: reference.to_string(),
+            },
+            false => PublishError::ReadManifest {
+                reference: reference.to_string(),
+                error,
+            },
+        };
+        let served = self
+            .registry
+            .get_manifest(reference)
             .await
-            .map_err(|error| match error.is_not_found() {
-                true => PublishError::SourceNotFound {
-                    reference: reference.to_string(),
-                },
-                false => PublishError::ReadManifest {
-                    reference: reference.to_string(),
-                    error,
-                },
-            })
+            .map_err(read_error)?;
+        verify::manifest(reference, served).map_err(read_error)
     }
 
-    /// Reads an image's config and returns the manifest to plan with its platform.
+    /// Reads an image's config (verified against its descriptor) and returns the manifest to
+    /// plan with its platform.
     async fn verify_image(
         &self,
         repo: &Repository,
@@ -394,15 +449,17 @@ impl Publisher {
         manifest: ImageManifest,
     ) -> Result<(PlannedManifest, ImagePlatform), PublishError> {
         let image = repo.with_digest(fetched.digest.clone()).to_string();
+        let config_error = |error| PublishError::ReadConfig {
+            image: image.clone(),
+            config: manifest.config.digest.clone(),
+            error,
+        };
         let config = self
             .registry
-            .fetch_blob(repo, &manifest.config)
+            .get_blob(repo, &manifest.config)
             .await
-            .map_err(|error| PublishError::ReadConfig {
-                image: image.clone(),
-                config: manifest.config.digest.clone(),
-                error,
-            })?;
+            .map_err(config_error)?;
+        verify::blob(&manifest.config, &config).map_err(config_error)?;
         let platform =
             ImagePlatform::from_config(&config).map_err(|error| PublishError::InvalidManifest {
                 reference: image,
@@ -526,28 +583,33 @@ impl Publisher {
         })
     }
 
-    /// Makes `manifest` (and its blobs) available in `target`; nothing when it was read from
-    /// there or is there already.
+    /// Looks for a manifest read from another repository in `target` (a read, before any
+    /// write), so that the write copies only what is missing.
+    async fn find_in_target(
+        &self,
+        target: &Repository,
+        manifest: &mut PlannedManifest,
+    ) -> Result<(), PublishError> {
+        manifest.in_target = &manifest.repository == target
+            || self
+                .registry
+                .manifest_digest_exists(target, &manifest.digest)
+                .await
+                .map_err(|error| PublishError::Access {
+                    repository: target.to_string(),
+                    error,
+                })?;
+        Ok(())
+    }
+
+    /// Makes `manifest` (and its blobs) available in `target`; nothing when the plan found it
+    /// there.
     async fn copy_into(
         &self,
         target: &Repository,
         manifest: &PlannedManifest,
     ) -> Result<(), PublishError> {
-        if &manifest.repository == target {
-            return Ok(());
-        }
-        let copy_error = |error| PublishError::CopyManifest {
-            digest: manifest.digest.clone(),
-            from: manifest.repository.to_string(),
-            to: target.to_string(),
-            error,
-        };
-        if self
-            .registry
-            .manifest_digest_exists(target, &manifest.digest)
-            .await
-            .map_err(copy_error)?
-        {
+        if manifest.in_target {
             return Ok(());
         }
         for blob in &manifest.blobs {
@@ -561,37 +623,57 @@ impl Publisher {
                     error,
                 })?;
         }
-        self.registry
-            .push_manifest(
-                target,
-                &ManifestTarget::Digest(manifest.digest.clone()),
-                &manifest.bytes,
-                &manifest.media_type,
-            )
-            .await
-            .map_err(copy_error)?;
+        self.push(
+            target,
+            &ManifestTarget::Digest(manifest.digest.clone()),
+            &manifest.bytes,
+            &manifest.media_type,
+        )
+        .await
+        .map_err(|error| PublishError::CopyManifest {
+            digest: manifest.digest.clone(),
+            from: manifest.repository.to_string(),
+            to: target.to_string(),
+            error,
+        })?;
         info!(digest = %manifest.digest, from = %manifest.repository, to = %target, "manifest copied");
         Ok(())
     }
 
+    /// One PUT of exactly `bytes`, checked before (a push by digest is of that digest) and
+    /// after (the registry stored that digest).
+    async fn push(
+        &self,
+        repo: &Repository,
+        target: &ManifestTarget,
+        bytes: &Bytes,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let digest = verify::push_digest(target, bytes)?;
+        let reported = self
+            .registry
+            .put_manifest(repo, target, bytes, media_type)
+            .await?;
+        verify::pushed(&digest, &reported)?;
+        Ok(digest)
+    }
+
     /// Pushes one verified image manifest of `plan` to `tag` in the plan's target repository
-    /// (a per-platform tag such as `1.0.0-arm64`), copying it there first if needed.
+    /// (a per-platform tag such as `1.0.0-arm64`), copying it there first if needed: one PUT
+    /// for an image already there.
     pub async fn tag_image(
         &self,
         plan: &PublishPlan,
         image: &PlannedImage,
         tag: &Tag,
     ) -> Result<Digest, PublishError> {
-        self.copy_into(&plan.target, &image.manifest).await?;
+        let session = self.pushing_to(&plan.target);
+        session.copy_into(&plan.target, &image.manifest).await?;
         let reference = plan.target.with_tag(tag.clone());
-        let digest = self
-            .registry
-            .push_manifest(
-                &plan.target,
-                &ManifestTarget::Tag(tag.clone()),
-                &image.manifest.bytes,
-                &image.manifest.media_type,
-            )
+        let manifest = &image.manifest;
+        let target = ManifestTarget::Tag(tag.clone());
+        let digest = session
+            .push(&plan.target, &target, &manifest.bytes, &manifest.media_type)
             .await
             .map_err(|error| PublishError::PushManifest {
                 what: format!("the {} image", image.platform()),
@@ -603,33 +685,43 @@ impl Publisher {
     }
 
     /// Publishes a prepared plan: copies images and attestations read from other repositories
-    /// into the target repository, pushes the index by digest, then to each tag in order. On
-    /// failure, [`PartialWrite::written`] lists the tags written before it.
+    /// into the target repository (when the plan did not find them there), then pushes the
+    /// index to each tag in order. On failure, [`PartialWrite::written`] lists the tags written
+    /// before it.
+    ///
+    /// The index is not pushed by digest first: the first tag's PUT creates it, and the registry
+    /// confirms its digest. (With a signature, the order would be the index by digest, then the
+    /// signature that names it, then the tags, so that no tag points at an unsigned index.)
+    /// With no tag at all, it is pushed by digest.
     pub async fn write(&self, plan: &PublishPlan, tags: &[Tag]) -> Result<Digest, PartialWrite> {
+        let session = self.pushing_to(&plan.target);
         let nothing_tagged = |error| PartialWrite {
             written: Vec::new(),
             error,
         };
         for image in &plan.images {
-            self.copy_into(&plan.target, &image.manifest)
+            session
+                .copy_into(&plan.target, &image.manifest)
                 .await
                 .map_err(nothing_tagged)?;
             for attestation in &image.attestations {
-                self.copy_into(&plan.target, attestation)
+                session
+                    .copy_into(&plan.target, attestation)
                     .await
                     .map_err(nothing_tagged)?;
             }
         }
         let bytes = Bytes::copy_from_slice(&plan.index.bytes);
-        let push = |target: ManifestTarget| {
+        let push_index = |target: ManifestTarget| {
             let bytes = bytes.clone();
+            let session = &session;
             async move {
                 let reference = match &target {
                     ManifestTarget::Tag(t) => plan.target.with_tag(t.clone()),
                     ManifestTarget::Digest(d) => plan.target.with_digest(d.clone()),
                 };
-                self.registry
-                    .push_manifest(&plan.target, &target, &bytes, plan.index.media_type)
+                session
+                    .push(&plan.target, &target, &bytes, plan.index.media_type)
                     .await
                     .map_err(|error| PublishError::PushManifest {
                         what: "the index".into(),
@@ -638,13 +730,15 @@ impl Publisher {
                     })
             }
         };
-        push(ManifestTarget::Digest(plan.index.digest.clone()))
-            .await
-            .map_err(nothing_tagged)?;
-        info!(index = %plan.target.with_digest(plan.index.digest.clone()), "index pushed");
+        if tags.is_empty() {
+            push_index(ManifestTarget::Digest(plan.index.digest.clone()))
+                .await
+                .map_err(nothing_tagged)?;
+            info!(index = %plan.target.with_digest(plan.index.digest.clone()), "index pushed");
+        }
         let mut written = Vec::new();
         for tag in tags {
-            if let Err(error) = push(ManifestTarget::Tag(tag.clone())).await {
+            if let Err(error) = push_index(ManifestTarget::Tag(tag.clone())).await {
                 return Err(PartialWrite { written, error });
             }
             info!(tag = %plan.target.with_tag(tag.clone()), digest = %plan.index.digest, "index tagged");
@@ -652,6 +746,47 @@ impl Publisher {
         }
         Ok(plan.index.digest.clone())
     }
+}
+
+/// Why the verified images do not form an index; two images of one platform are named with
+/// the sources they came from.
+fn index_error(error: IndexError, images: &[PlannedImage]) -> PublishError {
+    match error {
+        IndexError::DuplicatePlatform {
+            platform,
+            first,
+            second,
+        } => {
+            let name = |digest: &Digest| {
+                let image = images.iter().find(|i| i.digest() == digest);
+                image.map_or_else(|| digest.to_string(), PlannedImage::name)
+            };
+            PublishError::DuplicatePlatform {
+                platform,
+                first: name(&first),
+                second: name(&second),
+            }
+        }
+        other => PublishError::Index(other),
+    }
+}
+
+/// The index entries of the verified images: each image, then its attestations.
+fn index_entries(images: &[PlannedImage]) -> Vec<IndexEntry> {
+    let mut entries = Vec::new();
+    for image in images {
+        entries.push(IndexEntry::Image {
+            descriptor: image.manifest.descriptor(),
+            platform: image.platform.clone(),
+        });
+        for attestation in &image.attestations {
+            entries.push(IndexEntry::Attestation {
+                descriptor: attestation.descriptor(),
+                subject: image.manifest.digest.clone(),
+            });
+        }
+    }
+    entries
 }
 
 /// The images of an index source that its given platform (`PLATFORM=`) takes: the one image,
@@ -699,36 +834,6 @@ fn planned(
         media_type: manifest.media_type.clone(),
         bytes: fetched.bytes,
         blobs: manifest.blobs().cloned().collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sources_parse_with_and_without_a_platform() {
-        let d = format!("sha256:{}", "ab".repeat(32));
-        let s: Source = format!("linux/arm64=reg.example.com/app@{d}")
-            .parse()
-            .unwrap();
-        assert_eq!(s.platform, Some("linux/arm64".parse().unwrap()));
-        assert_eq!(s.reference.digest.as_ref().unwrap().as_str(), d);
-        assert_eq!(
-            s.to_string(),
-            format!("linux/arm64=reg.example.com/app@{d}")
-        );
-        let s: Source = "127.0.0.1:5001/team/app:1.0-amd64".parse().unwrap();
-        assert_eq!(s.platform, None);
-        assert_eq!(s.reference.repository.registry(), "127.0.0.1:5001");
-        for bad in [
-            "linux=reg.example.com/app:1",
-            "linux/arm64=",
-            "reg.example.com/app",
-            "=reg.example.com/app:1",
-            "linux/arm64=reg.example.com/App:1",
-        ] {
-            assert!(bad.parse::<Source>().is_err(), "{bad} should be rejected");
-        }
+        in_target: false,
     }
 }

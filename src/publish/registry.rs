@@ -1,13 +1,19 @@
 //! The registry adapter: the only code in the project that talks to a registry (through
-//! [`super::transport`], its HTTP). It reads manifests and blobs (verifying every digest, and
-//! never reading more than a manifest's or config's size cap), copies blobs between
-//! repositories of one registry (a cross-repository mount, or a streamed copy of exactly the
-//! descriptor's size where the registry refuses the mount), and pushes manifests by digest or by
-//! tag, checking the digest the registry reports against the digest of the exact bytes sent.
+//! [`super::transport`], its HTTP), behind [`RegistryApi`], what the publishing engine needs of
+//! a registry. It reads manifests and blobs (never more than a manifest's or config's size cap,
+//! while reading), copies blobs between repositories of one registry (a cross-repository mount,
+//! or a streamed copy of exactly the descriptor's size where the registry refuses the mount), and
+//! pushes manifests by digest or by tag. It reports what the registry said (the bytes, the
+//! digests it claims); the engine verifies them (`super::verify`).
+//!
+//! One request per operation where the protocol allows: no `/v2/` probe before requests (a
+//! registry that wants credentials says so with its first 401), and the scope of a token covers
+//! the repository being pushed to ([`RegistryApi::pushing_to`]), so one token serves a publish's
+//! reads and writes there.
 //!
 //! Every operation has a deadline, its retries included; 429, 5xx, connection failures and
-//! timeouts are retried with jittered exponential backoff inside it; 401, 403, 404, answers too
-//! large and digest mismatches never are. Credentials come from a Docker config.
+//! timeouts are retried with jittered exponential backoff inside it; 401, 403, 404 and answers
+//! too large never are. Credentials come from a Docker config.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -18,6 +24,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, Response, StatusCode};
+use rustls::pki_types::CertificateDer;
 use tracing::{debug, warn};
 
 use super::credentials::DockerConfig;
@@ -181,20 +188,74 @@ impl ManifestTarget {
     }
 }
 
-/// A manifest as read from a registry: its exact bytes and their digest.
+/// A manifest as a registry served it: the exact bytes, and the digest the registry said they
+/// have (`Docker-Content-Digest`), unverified.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FetchedManifest {
+pub struct ServedManifest {
     /// The exact bytes the registry served.
     pub bytes: Bytes,
-    /// Their sha256 digest.
-    pub digest: Digest,
+    /// The digest the registry reported, if it reported a valid one.
+    pub reported: Option<Digest>,
 }
 
-/// The registry adapter (cheap to clone; clones share connections, credentials and tokens).
+/// What the publishing engine needs of a registry. Implementations report what the registry
+/// answered; the engine verifies content against digests and sizes, so a registry that lies is
+/// caught whatever serves it. [`Registry`] speaks HTTP; the engine's tests use one in memory.
+pub trait RegistryApi: Clone + Send + Sync {
+    /// The same registry (sharing connections and tokens) for a publish to `target`: requests
+    /// to `target` ask for pull and push access from the first, so one token serves the reads
+    /// there and the writes that follow, and credentials that cannot push are refused before any
+    /// write.
+    fn pushing_to(&self, target: &Repository) -> Self;
+
+    /// The manifest at `reference` (a tag or a digest), read under the manifest size cap.
+    fn get_manifest(
+        &self,
+        reference: &Reference,
+    ) -> impl Future<Output = Result<ServedManifest, RegistryError>> + Send;
+
+    /// The content of a small blob (an image config) of `repo`, never more than its
+    /// descriptor's size.
+    fn get_blob(
+        &self,
+        repo: &Repository,
+        blob: &BlobDescriptor,
+    ) -> impl Future<Output = Result<Bytes, RegistryError>> + Send;
+
+    /// True when `repo` has the manifest `digest` (404 is `false`).
+    fn manifest_digest_exists(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+
+    /// Makes the blob of `from` available in `to`, of the same registry.
+    fn copy_blob(
+        &self,
+        from: &Repository,
+        to: &Repository,
+        blob: &BlobDescriptor,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Pushes exactly `bytes`, of `media_type`, to `repo` at `target`; returns the digest the
+    /// registry says it stored.
+    fn put_manifest(
+        &self,
+        repo: &Repository,
+        target: &ManifestTarget,
+        bytes: &Bytes,
+        media_type: &str,
+    ) -> impl Future<Output = Result<Digest, RegistryError>> + Send;
+}
+
+/// The registry adapter over HTTP (cheap to clone; clones share connections, credentials and
+/// tokens).
 #[derive(Clone)]
 pub struct Registry {
     transport: Transport,
     config: RegistryConfig,
+    /// The repository a publish pushes to ([`RegistryApi::pushing_to`]).
+    push_target: Option<Repository>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -227,9 +288,9 @@ fn reported_digest(headers: &HeaderMap) -> Option<Digest> {
         .ok()
 }
 
-fn load_ca_file(path: &PathBuf) -> Result<Vec<reqwest::Certificate>, RegistryError> {
+/// The certificates of a PEM file, each checked to be a usable root.
+fn load_ca_file(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, RegistryError> {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
     let setup = |why: String| {
         RegistryError::new(
             RegistryErrorKind::Setup,
@@ -238,14 +299,16 @@ fn load_ca_file(path: &PathBuf) -> Result<Vec<reqwest::Certificate>, RegistryErr
     };
     let pem = std::fs::read(path).map_err(|e| setup(e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
-        .map(|c| c.map(|der| reqwest::Certificate::from_der(&der)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| setup(format!("invalid PEM: {e}")))?
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| setup(format!("invalid certificate: {e}")))?;
+        .map_err(|e| setup(format!("invalid PEM: {e}")))?;
     if certs.is_empty() {
         return Err(setup("no PEM certificate in it".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| setup(format!("invalid certificate: {e}")))?;
     }
     Ok(certs)
 }
@@ -301,7 +364,11 @@ impl Registry {
             },
             credentials,
         )?;
-        Ok(Registry { transport, config })
+        Ok(Registry {
+            transport,
+            config,
+            push_target: None,
+        })
     }
 
     /// The configuration this client was made with.
@@ -336,22 +403,13 @@ impl Registry {
         }
     }
 
-    /// Checks that credentials for pushing to `repo` are accepted where the registry can tell
-    /// before a write (a token service refusing them, or basic credentials refused); reads and
-    /// writes nothing.
-    pub async fn check_push_access(&self, repo: &Repository) -> Result<(), RegistryError> {
-        let scopes = [scope(repo.path(), "pull,push")];
-        let url = self.transport.url(repo.registry(), "");
-        self.retry("authenticate", self.config.timeout, || async {
-            let response = self
-                .transport
-                .send(repo.registry(), &scopes, |http| http.get(&url))
-                .await?;
-            expect(response, &[StatusCode::OK], "authenticate")
-                .await
-                .map(|_| ())
-        })
-        .await
+    /// The token scope of a read of `repo`: pull, and push too when it is the repository being
+    /// pushed to, so that reads and writes there share one token.
+    fn read_scope(&self, repo: &Repository) -> String {
+        match &self.push_target {
+            Some(target) if target == repo => scope(repo.path(), "pull,push"),
+            _ => scope(repo.path(), "pull"),
+        }
     }
 
     /// One request for the manifest at `reference` (`GET` or `HEAD`), accepting every manifest
@@ -366,7 +424,7 @@ impl Registry {
             repo.registry(),
             &format!("{}/manifests/{reference}", repo.path()),
         );
-        let scopes = [scope(repo.path(), "pull")];
+        let scopes = [self.read_scope(repo)];
         self.transport
             .send(repo.registry(), &scopes, |http| {
                 http.request(method.clone(), &url)
@@ -405,30 +463,8 @@ impl Registry {
         if let Some(d) = reported_digest(response.headers()) {
             return Ok(Some(d));
         }
-        let fetched = self.get_manifest(repo, reference).await?;
-        Ok(Some(fetched.digest))
-    }
-
-    /// True when `repo` has the manifest `digest` (a HEAD request; 404 is `false`). A registry
-    /// that answers for `digest` with another digest of the same algorithm is a
-    /// [`RegistryErrorKind::DigestMismatch`], not a missing manifest.
-    pub async fn manifest_digest_exists(
-        &self,
-        repo: &Repository,
-        digest: &Digest,
-    ) -> Result<bool, RegistryError> {
-        self.retry("check manifest", self.config.timeout, || async {
-            match self.manifest_digest(repo, digest.as_str()).await? {
-                Some(found) if &found != digest && same_algorithm(&found, digest) => {
-                    Err(RegistryError::new(
-                        RegistryErrorKind::DigestMismatch,
-                        format!("asked for manifest {digest}, the registry answered with {found}"),
-                    ))
-                }
-                found => Ok(found.as_ref() == Some(digest)),
-            }
-        })
-        .await
+        let served = self.read_manifest(repo, reference).await?;
+        Ok(Some(Digest::sha256_of(&served.bytes)))
     }
 
     /// The digest `reference` resolves to (a HEAD request), `None` when it does not exist.
@@ -440,127 +476,27 @@ impl Registry {
         .await
     }
 
-    /// One GET of a manifest, read up to [`MAX_MANIFEST_SIZE`], checked against the digest the
-    /// registry reports.
-    async fn get_manifest(
+    /// One GET of a manifest, read up to [`MAX_MANIFEST_SIZE`].
+    async fn read_manifest(
         &self,
         repo: &Repository,
         reference: &str,
-    ) -> Result<FetchedManifest, RegistryError> {
+    ) -> Result<ServedManifest, RegistryError> {
         let response = self
             .request_manifest(reqwest::Method::GET, repo, reference)
             .await?;
         let response = expect(response, &[StatusCode::OK], "read manifest").await?;
         let reported = reported_digest(response.headers());
         let bytes = read_limited(response, MAX_MANIFEST_SIZE, "manifest").await?;
-        let digest = Digest::sha256_of(&bytes);
-        match reported {
-            Some(r) if r.as_str().starts_with("sha256:") && r != digest => Err(RegistryError::new(
-                RegistryErrorKind::DigestMismatch,
-                format!("the registry says the manifest is {r}, its content is {digest}"),
-            )),
-            _ => Ok(FetchedManifest { bytes, digest }),
-        }
-    }
-
-    /// Reads a manifest (by tag or digest) as exact bytes, and verifies them against the digest
-    /// asked for and the one the registry reports.
-    pub async fn fetch_manifest(
-        &self,
-        reference: &Reference,
-    ) -> Result<FetchedManifest, RegistryError> {
-        let r = reference.reference_str();
-        let fetched = self
-            .retry("read manifest", self.config.timeout, || async {
-                self.get_manifest(&reference.repository, &r).await
-            })
-            .await?;
-        if let Some(want) = &reference.digest {
-            if want.as_str().starts_with("sha256:") && want != &fetched.digest {
-                return Err(RegistryError::new(
-                    RegistryErrorKind::DigestMismatch,
-                    format!(
-                        "asked for {want}, got content with digest {}",
-                        fetched.digest
-                    ),
-                ));
-            }
-        }
-        Ok(fetched)
-    }
-
-    /// Reads a small blob (an image config) from `repo`, verifying its digest and size.
-    pub async fn fetch_blob(
-        &self,
-        repo: &Repository,
-        blob: &BlobDescriptor,
-    ) -> Result<Vec<u8>, RegistryError> {
-        if blob.size > MAX_CONFIG_SIZE {
-            return Err(RegistryError::new(
-                RegistryErrorKind::TooLarge,
-                format!(
-                    "blob {} is {} bytes, more than the {MAX_CONFIG_SIZE} read into memory",
-                    blob.digest, blob.size
-                ),
-            ));
-        }
-        let url = self.transport.url(
-            repo.registry(),
-            &format!("{}/blobs/{}", repo.path(), blob.digest),
-        );
-        let scopes = [scope(repo.path(), "pull")];
-        let data = self
-            .retry("read blob", self.config.timeout, || async {
-                let response = self
-                    .transport
-                    .send(repo.registry(), &scopes, |http| http.get(&url))
-                    .await?;
-                let response = expect(response, &[StatusCode::OK], "read blob").await?;
-                // the size cap is the descriptor's size: a byte more is already wrong
-                read_limited(response, blob.size as usize, "blob").await
-            })
-            .await
-            .map_err(|e| match e.kind {
-                RegistryErrorKind::TooLarge => RegistryError::new(
-                    RegistryErrorKind::DigestMismatch,
-                    format!(
-                        "blob {} is larger than its descriptor's {} bytes",
-                        blob.digest, blob.size
-                    ),
-                ),
-                _ => e,
-            })?;
-        if data.len() as u64 != blob.size {
-            return Err(RegistryError::new(
-                RegistryErrorKind::DigestMismatch,
-                format!(
-                    "blob {} is {} bytes, its descriptor says {}",
-                    blob.digest,
-                    data.len(),
-                    blob.size
-                ),
-            ));
-        }
-        let digest = Digest::sha256_of(&data);
-        if blob.digest.as_str().starts_with("sha256:") && digest != blob.digest {
-            return Err(RegistryError::new(
-                RegistryErrorKind::DigestMismatch,
-                format!("blob {} has content with digest {digest}", blob.digest),
-            ));
-        }
-        Ok(data.to_vec())
+        Ok(ServedManifest { bytes, reported })
     }
 
     /// True when `repo` has the blob `digest`.
-    pub async fn blob_exists(
-        &self,
-        repo: &Repository,
-        digest: &Digest,
-    ) -> Result<bool, RegistryError> {
+    async fn blob_exists(&self, repo: &Repository, digest: &Digest) -> Result<bool, RegistryError> {
         let url = self
             .transport
             .url(repo.registry(), &format!("{}/blobs/{digest}", repo.path()));
-        let scopes = [scope(repo.path(), "pull")];
+        let scopes = [self.read_scope(repo)];
         self.retry("check blob", self.config.timeout, || async {
             let response = self
                 .transport
@@ -571,34 +507,6 @@ impl Registry {
                 StatusCode::NOT_FOUND => Ok(false),
                 _ => Err(error_of(response, "check blob").await),
             }
-        })
-        .await
-    }
-
-    /// Makes the blob available in `to`, from `from` in the same registry: nothing when it is
-    /// there already, else a cross-repository mount, else (a registry that refuses the mount,
-    /// or a token that does not cover `from`) a streamed copy of exactly the descriptor's size.
-    pub async fn copy_blob(
-        &self,
-        from: &Repository,
-        to: &Repository,
-        blob: &BlobDescriptor,
-    ) -> Result<(), RegistryError> {
-        if self.blob_exists(to, &blob.digest).await? {
-            return Ok(());
-        }
-        let upload = self
-            .retry("mount blob", self.config.timeout, || {
-                self.mount(from, to, blob)
-            })
-            .await?;
-        let Some(upload) = upload else {
-            return Ok(());
-        };
-        debug!(blob = %blob.digest, %from, %to, "mount not done, copying the blob");
-        let deadline = self.config.timeout + Duration::from_secs(blob.size / MIN_COPY_RATE);
-        self.retry("copy blob", deadline, || {
-            self.stream_copy(from, to, blob, &upload)
         })
         .await
     }
@@ -690,25 +598,125 @@ impl Registry {
             .await
             .map(|_| ())
     }
+}
 
-    /// Pushes manifest `bytes` (exactly these bytes) of `media_type` to `repo` at `target`, and
-    /// returns their digest once the registry has confirmed it.
-    pub async fn push_manifest(
+impl RegistryApi for Registry {
+    fn pushing_to(&self, target: &Repository) -> Self {
+        Registry {
+            push_target: Some(target.clone()),
+            ..self.clone()
+        }
+    }
+
+    async fn get_manifest(&self, reference: &Reference) -> Result<ServedManifest, RegistryError> {
+        let r = reference.reference_str();
+        self.retry("read manifest", self.config.timeout, || async {
+            self.read_manifest(&reference.repository, &r).await
+        })
+        .await
+    }
+
+    /// Reads at most the descriptor's size (and never more than [`MAX_CONFIG_SIZE`]): a byte
+    /// more is already wrong.
+    async fn get_blob(
+        &self,
+        repo: &Repository,
+        blob: &BlobDescriptor,
+    ) -> Result<Bytes, RegistryError> {
+        if blob.size > MAX_CONFIG_SIZE {
+            return Err(RegistryError::new(
+                RegistryErrorKind::TooLarge,
+                format!(
+                    "blob {} is {} bytes, more than the {MAX_CONFIG_SIZE} read into memory",
+                    blob.digest, blob.size
+                ),
+            ));
+        }
+        let url = self.transport.url(
+            repo.registry(),
+            &format!("{}/blobs/{}", repo.path(), blob.digest),
+        );
+        let scopes = [self.read_scope(repo)];
+        self.retry("read blob", self.config.timeout, || async {
+            let response = self
+                .transport
+                .send(repo.registry(), &scopes, |http| http.get(&url))
+                .await?;
+            let response = expect(response, &[StatusCode::OK], "read blob").await?;
+            read_limited(response, blob.size as usize, "blob").await
+        })
+        .await
+        .map_err(|e| match e.kind {
+            RegistryErrorKind::TooLarge => RegistryError::new(
+                RegistryErrorKind::DigestMismatch,
+                format!(
+                    "blob {} is larger than its descriptor's {} bytes",
+                    blob.digest, blob.size
+                ),
+            ),
+            _ => e,
+        })
+    }
+
+    /// A HEAD request (or, where the registry reports no digest, a bounded read).
+    async fn manifest_digest_exists(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        // a registry that answers for `digest` with another digest of the same algorithm is a
+        // digest mismatch, not a missing manifest
+        self.retry("check manifest", self.config.timeout, || async {
+            match self.manifest_digest(repo, digest.as_str()).await? {
+                Some(found) if &found != digest && same_algorithm(&found, digest) => {
+                    Err(RegistryError::new(
+                        RegistryErrorKind::DigestMismatch,
+                        format!("asked for manifest {digest}, the registry answered with {found}"),
+                    ))
+                }
+                found => Ok(found.as_ref() == Some(digest)),
+            }
+        })
+        .await
+    }
+
+    /// A cross-repository mount (one request, whether or not `to` has the blob already); where
+    /// the registry refuses it (or a token does not cover `from`), nothing when `to` has the
+    /// blob, else a streamed copy of exactly the descriptor's size.
+    async fn copy_blob(
+        &self,
+        from: &Repository,
+        to: &Repository,
+        blob: &BlobDescriptor,
+    ) -> Result<(), RegistryError> {
+        let upload = self
+            .retry("mount blob", self.config.timeout, || {
+                self.mount(from, to, blob)
+            })
+            .await?;
+        let Some(upload) = upload else {
+            return Ok(());
+        };
+        if self.blob_exists(to, &blob.digest).await? {
+            return Ok(());
+        }
+        debug!(blob = %blob.digest, %from, %to, "mount not done, copying the blob");
+        let deadline = self.config.timeout + Duration::from_secs(blob.size / MIN_COPY_RATE);
+        self.retry("copy blob", deadline, || {
+            self.stream_copy(from, to, blob, &upload)
+        })
+        .await
+    }
+
+    /// The digest comes from the answer (`Docker-Content-Digest`, or the `Location`), or where
+    /// it names none, from asking the registry what `target` is now.
+    async fn put_manifest(
         &self,
         repo: &Repository,
         target: &ManifestTarget,
         bytes: &Bytes,
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
-        let digest = Digest::sha256_of(bytes);
-        if let ManifestTarget::Digest(d) = target {
-            if d != &digest {
-                return Err(RegistryError::new(
-                    RegistryErrorKind::DigestMismatch,
-                    format!("cannot push content with digest {digest} as {d}"),
-                ));
-            }
-        }
         let content_type = HeaderValue::from_str(media_type).map_err(|_| {
             RegistryError::new(
                 RegistryErrorKind::Other,
@@ -740,9 +748,8 @@ impl Registry {
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(digest_from_location);
-            let reported = match reported_digest(response.headers()).or(location) {
-                Some(d) => d,
-                // the answer names no digest: ask the registry what the reference is now
+            match reported_digest(response.headers()).or(location) {
+                Some(d) => Ok(d),
                 None => self
                     .manifest_digest(repo, target.as_str())
                     .await?
@@ -751,18 +758,10 @@ impl Registry {
                             RegistryErrorKind::Other,
                             "the registry accepted the manifest but does not have it",
                         )
-                    })?,
-            };
-            if reported != digest {
-                return Err(RegistryError::new(
-                    RegistryErrorKind::DigestMismatch,
-                    format!("pushed content with digest {digest}, the registry reports {reported}"),
-                ));
+                    }),
             }
-            Ok(())
         })
-        .await?;
-        Ok(digest)
+        .await
     }
 }
 

@@ -3,8 +3,11 @@
 //! as its `WWW-Authenticate` challenge asks), and every response body read under a size cap
 //! while it arrives, so a registry answering with an endless body costs at most the cap.
 //!
-//! Credentials are looked up once per registry and never logged; tokens are kept per host and
-//! scope and fetched again when the registry refuses one.
+//! Credentials are looked up once per registry and never logged. A host's challenge is met once:
+//! later requests carry what it asked for from the start (basic credentials, or a token, asked
+//! for before the request once the token service is known, so a new scope costs the token
+//! request and no 401). Tokens are kept per host and scope (at most [`MAX_TOKENS`]) and
+//! fetched again when the registry refuses one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +27,9 @@ use super::registry::{RegistryError, RegistryErrorKind};
 pub(crate) const SMALL_BODY_LIMIT: usize = 64 * 1024;
 /// Redirects followed for one request (registries redirect blob reads to object storage).
 const MAX_REDIRECTS: usize = 5;
+/// Tokens kept per client: a long-lived client (the controller's, one per push Secret) forgets
+/// them all past this many scopes, and fetches again those it needs.
+pub(crate) const MAX_TOKENS: usize = 256;
 
 /// How a registry asked to be authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,7 +128,7 @@ pub(crate) struct Transport {
 pub(crate) struct TransportConfig {
     pub plain_http: bool,
     pub insecure: bool,
-    pub extra_roots: Vec<reqwest::Certificate>,
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Connecting, and waiting for each read.
     pub idle_timeout: Duration,
 }
@@ -132,20 +138,25 @@ impl Transport {
         config: TransportConfig,
         credentials: DockerConfig,
     ) -> Result<Self, RegistryError> {
+        let setup = |why: String| {
+            RegistryError::new(
+                RegistryErrorKind::Setup,
+                format!("cannot set up the registry client: {why}"),
+            )
+        };
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .ok_or_else(|| setup("no TLS crypto provider installed".into()))?;
+        let tls = super::tls::client_config(provider, config.insecure, config.extra_roots)
+            .map_err(|e| setup(e.to_string()))?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("multiarch-operator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.idle_timeout)
             .read_timeout(config.idle_timeout)
             .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-            .danger_accept_invalid_certs(config.insecure)
-            .tls_certs_merge(config.extra_roots)
+            .tls_backend_preconfigured(tls)
             .build()
-            .map_err(|e| {
-                RegistryError::new(
-                    RegistryErrorKind::Setup,
-                    format!("cannot set up the registry client: {}", error_chain(&e)),
-                )
-            })?;
+            .map_err(|e| setup(error_chain(&e)))?;
         Ok(Transport {
             http,
             scheme: if config.plain_http { "http" } else { "https" },
@@ -220,18 +231,23 @@ impl Transport {
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(basic(&self.credential(registry).await?)),
-            Some(Challenge::Bearer { .. }) => {
-                if let Credential::RegistryToken(t) = self.credential(registry).await? {
-                    return Ok(bearer(&t));
+            Some(Challenge::Bearer { realm, service }) => {
+                let credential = self.credential(registry).await?;
+                if let Credential::RegistryToken(t) = &credential {
+                    return Ok(bearer(t));
                 }
                 let key = (host.to_string(), scopes.join(" "));
-                Ok(self
-                    .state
-                    .lock()
-                    .await
-                    .tokens
-                    .get(&key)
-                    .and_then(|t| bearer(t)))
+                let known = self.state.lock().await.tokens.get(&key).cloned();
+                match known {
+                    Some(token) => Ok(bearer(&token)),
+                    // a new scope of a known token service: its token first, no 401
+                    None => {
+                        let token = self
+                            .fetch_token(&realm, service.as_deref(), scopes, &credential)
+                            .await?;
+                        Ok(self.keep_token(key, token).await)
+                    }
+                }
             }
         }
     }
@@ -260,12 +276,22 @@ impl Transport {
                 let token = self
                     .fetch_token(&realm, service.as_deref(), scopes, &credential)
                     .await?;
-                let header = bearer(&token);
                 let key = (host.to_string(), scopes.join(" "));
-                self.state.lock().await.tokens.insert(key, token);
-                Ok(header)
+                Ok(self.keep_token(key, token).await)
             }
         }
+    }
+
+    /// Keeps `token` for its host and scopes (forgetting every other past [`MAX_TOKENS`]), and
+    /// returns its header.
+    async fn keep_token(&self, key: (String, String), token: String) -> Option<HeaderValue> {
+        let header = bearer(&token);
+        let mut state = self.state.lock().await;
+        if state.tokens.len() >= MAX_TOKENS {
+            state.tokens.clear();
+        }
+        state.tokens.insert(key, token);
+        header
     }
 
     /// Asks the token service at `realm` for a token (RFC 6750 style, as the distribution
@@ -577,6 +603,31 @@ mod tests {
         let e = classify_answer(400, env("MANIFEST_INVALID").as_bytes(), "push manifest");
         assert!(e.detail.contains("MANIFEST_INVALID: m"), "{e}");
         assert!(e.detail.starts_with("push manifest"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn tokens_are_kept_up_to_their_bound() {
+        crate::install_crypto_provider();
+        let config = TransportConfig {
+            plain_http: true,
+            insecure: false,
+            extra_roots: Vec::new(),
+            idle_timeout: Duration::from_secs(1),
+        };
+        let transport = Transport::new(config, DockerConfig::empty()).unwrap();
+        let key = |i: usize| ("r".to_string(), scope(&format!("app{i}"), "pull"));
+        for i in 0..MAX_TOKENS {
+            transport.keep_token(key(i), format!("t{i}")).await;
+        }
+        {
+            let state = transport.state.lock().await;
+            assert_eq!(state.tokens.len(), MAX_TOKENS);
+            assert_eq!(state.tokens.get(&key(0)).map(String::as_str), Some("t0"));
+        }
+        // one more scope: the others are forgotten (and fetched again when needed)
+        let header = transport.keep_token(key(MAX_TOKENS), "last".into()).await;
+        assert_eq!(header.unwrap().to_str().unwrap(), "Bearer last");
+        assert_eq!(transport.state.lock().await.tokens.len(), 1);
     }
 
     #[test]

@@ -278,6 +278,19 @@ impl RegistryServer {
     }
 }
 
+/// A plain-HTTP registry whose clients authenticate with bearer tokens from `issuer`.
+pub fn token_registry(issuer: &token::TokenIssuer) -> RegistryServer {
+    RegistryServer::start(
+        RegistryAuth::Token {
+            realm: issuer.realm.clone(),
+            service: token::SERVICE.into(),
+            issuer: token::ISSUER.into(),
+            root_cert_bundle: issuer.root_cert_bundle.clone(),
+        },
+        false,
+    )
+}
+
 impl Drop for RegistryServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -325,7 +338,8 @@ impl Output {
 
 /// Runs the real `multiarch-operator publish` with `args`, the Docker config in
 /// `docker_config`, and `extra_path` (credential helpers) in front of PATH. Its log level is
-/// `info`, or `PUBLISH_TEST_LOG` (for example `multiarch_operator=debug`).
+/// `info`, or `PUBLISH_TEST_LOG` (for example `multiarch_operator=debug`). `PUBLISH_TEST_BIN`
+/// runs another build of the binary (to measure an older release).
 pub async fn publish(args: &[String], docker_config: &Path, extra_path: Option<&Path>) -> Output {
     let level = std::env::var("PUBLISH_TEST_LOG").unwrap_or_else(|_| "info".into());
     publish_logging(args, docker_config, extra_path, &level).await
@@ -338,7 +352,9 @@ pub async fn publish_logging(
     extra_path: Option<&Path>,
     level: &str,
 ) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_multiarch-operator"));
+    let bin = std::env::var("PUBLISH_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_multiarch-operator").to_string());
+    let mut cmd = tokio::process::Command::new(bin);
     cmd.arg("publish")
         .args(args)
         .env("DOCKER_CONFIG", docker_config)

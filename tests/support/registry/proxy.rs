@@ -1,6 +1,8 @@
 //! A fault proxy in front of a plain-HTTP registry, with deterministic fault points: each rule
 //! answers matching requests (method, path) with a given status, the first N times or always;
-//! everything else is forwarded unchanged. Runs on its own thread and runtime, stopped on drop.
+//! everything else is forwarded unchanged. It records every request and the connection it came
+//! on, so it also serves as a counting proxy. Runs on its own thread and runtime, stopped on
+//! drop.
 
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -64,6 +66,9 @@ impl FaultRule {
 struct State {
     fired: Vec<usize>,
     requests: Vec<String>,
+    /// The connection (numbered from 1 as accepted) of each request.
+    request_connections: Vec<usize>,
+    connections: usize,
 }
 
 /// A running fault proxy.
@@ -92,6 +97,8 @@ impl FaultProxy {
         let state = Arc::new(Mutex::new(State {
             fired: vec![0; rules.len()],
             requests: Vec::new(),
+            request_connections: Vec::new(),
+            connections: 0,
         }));
         let shared = Arc::new(Shared {
             upstream: upstream.to_string(),
@@ -120,11 +127,20 @@ impl FaultProxy {
                             Err(_) => continue,
                         },
                     };
+                    let connection = {
+                        let mut state = shared.state.lock().expect("state");
+                        state.connections += 1;
+                        state.connections
+                    };
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let shared = shared.clone();
-                            async move { Ok::<_, std::convert::Infallible>(handle(&shared, req).await) }
+                            async move {
+                                Ok::<_, std::convert::Infallible>(
+                                    handle(&shared, req, connection).await,
+                                )
+                            }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -150,6 +166,16 @@ impl FaultProxy {
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().expect("state").requests.clone()
     }
+
+    /// The connections that carried requests (a client may open one more that it never uses,
+    /// racing a connect against a connection coming free).
+    pub fn connections_used(&self) -> usize {
+        let state = self.state.lock().expect("state");
+        let mut used = state.request_connections.clone();
+        used.sort_unstable();
+        used.dedup();
+        used.len()
+    }
 }
 
 const HOP_BY_HOP: &[&str] = &[
@@ -162,7 +188,11 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-async fn handle(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    shared: &Shared,
+    req: Request<hyper::body::Incoming>,
+    connection: usize,
+) -> Response<Full<Bytes>> {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let fault = {
@@ -176,6 +206,7 @@ async fn handle(shared: &Shared, req: Request<hyper::body::Incoming>) -> Respons
                 state
                     .requests
                     .push(format!("{method} {path} -> {} (injected)", rule.status));
+                state.request_connections.push(connection);
                 Some(rule.status)
             }
             None => None,
@@ -233,12 +264,12 @@ async fn handle(shared: &Shared, req: Request<hyper::body::Incoming>) -> Respons
         response = response.header(name, value);
     }
     let bytes = upstream.bytes().await.unwrap_or_default();
-    shared
-        .state
-        .lock()
-        .expect("state")
+    let mut state = shared.state.lock().expect("state");
+    state
         .requests
         .push(format!("{method} {path} -> {}", status.as_u16()));
+    state.request_connections.push(connection);
+    drop(state);
     response
         .body(Full::new(bytes))
         .unwrap_or_else(|_| bad_gateway("bad upstream response"))
