@@ -70,24 +70,7 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
         Ok(Observation::CachesNotReady) => return Ok(Requeue::requeue(Duration::from_secs(1))),
         // a finished builder's image could not be checked: said at once, and retried
         Err(e @ Error::CheckPushed { .. }) => {
-            warn!("the registry cannot be reached: {e}");
-            let mut status = prev.clone();
-            status.observed_generation = obj.metadata.generation;
-            let events = plan::record_registry_unreachable(&mut status, &e.to_string(), now);
-            let unreachable = Executed {
-                status,
-                events,
-                retry_after: Some(plan::REGISTRY_RETRY),
-            };
-            return report(
-                &ctx,
-                &obj,
-                &prev,
-                unreachable,
-                &[],
-                Some(plan::REGISTRY_RETRY),
-            )
-            .await;
+            return registry_unreachable(&ctx, &obj, &prev, &e, now).await
         }
         Err(e) => return Err(e),
     };
@@ -112,6 +95,28 @@ pub async fn reconcile(obj: Arc<MultiArchImage>, ctx: Arc<Context>) -> Result<Re
         .flatten()
         .min();
     report(&ctx, &obj, &prev, done, &builders, requeue_after).await
+}
+
+/// Says in the status that the registry could not be reached to check a finished builder's
+/// image, and looks again after [`plan::REGISTRY_RETRY`].
+async fn registry_unreachable(
+    ctx: &Context,
+    obj: &MultiArchImage,
+    prev: &MultiArchImageStatus,
+    error: &Error,
+    now: Timestamp,
+) -> Result<Requeue, Error> {
+    warn!("the registry cannot be reached: {error}");
+    let mut status = prev.clone();
+    status.observed_generation = obj.metadata.generation;
+    let events = plan::record_registry_unreachable(&mut status, &error.to_string(), now);
+    let unreachable = Executed {
+        status,
+        events,
+        retry_after: Some(plan::REGISTRY_RETRY),
+    };
+    let retry = Some(plan::REGISTRY_RETRY);
+    report(ctx, obj, prev, unreachable, &[], retry).await
 }
 
 /// The report step: the status (when it changed), the Events, the build metrics, and when to look
