@@ -604,8 +604,9 @@ fn feed(mut c: std::process::Command, input: &[u8]) -> std::process::Output {
     child.wait_with_output().expect("lua5.1 output")
 }
 
-/// Objects created under the previous release's CRD (`e2e/upgrade/`: the v1alpha1 CRD before the
-/// status default, the new status fields and reasons of this round) keep working after
+/// Objects created under a CRD without the status default (`e2e/upgrade/`: today's v1alpha1 schema
+/// with the status default taken out; the operator the suite runs writes today's status fields,
+/// which an older schema would refuse, so the fixture keeps them) keep working after
 /// `helm upgrade`: one published before the upgrade stays published with the same build and
 /// builders, and is Current to kstatus; one created (and never seen by the operator) before the
 /// upgrade reads `status: {observedGeneration: 0}` once the upgraded CRD is served, InProgress to
