@@ -151,7 +151,9 @@ async fn moved_bases(
             return Ok(Vec::new());
         }
     };
+    // each base image once, however many platforms were built from it
     let mut names: Vec<&str> = bases.iter().map(|b| b.name.as_str()).collect();
+    names.sort_unstable();
     names.dedup();
     let mut moved = Vec::new();
     for name in names {
