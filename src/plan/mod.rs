@@ -321,7 +321,7 @@ pub fn plan(desired: &DesiredBuild, observed: &Observed<'_>, now: Timestamp) -> 
         // the caller resolves the source first (see needs_source); nothing to decide yet
         build::Decision::AwaitSource => return finish(&desired, prev, status, Vec::new(), None),
     };
-    let mut plan = plan_build(&desired, observed, &mut status, !started, now);
+    let mut plan = plan_build(&desired, observed, status, !started, now);
     plan.events.splice(0..0, events);
     plan
 }
@@ -331,7 +331,7 @@ pub fn plan(desired: &DesiredBuild, observed: &Observed<'_>, now: Timestamp) -> 
 fn plan_build(
     desired: &DesiredBuild,
     observed: &Observed<'_>,
-    status: &mut MultiArchImageStatus,
+    mut status: MultiArchImageStatus,
     same: bool,
     now: Timestamp,
 ) -> Plan {
@@ -373,11 +373,11 @@ fn plan_build(
         wanted_tags: desired.published_tags(),
         new_generation: prev.observed_generation != observed.generation,
     });
-    step.apply(status, &mut actions, &conditions);
+    step.apply(&mut status, &mut actions, &conditions);
     finish(
         desired,
         prev,
-        status.clone(),
+        status,
         actions,
         requeue_after(deadlines, now),
     )
