@@ -177,6 +177,14 @@ pub enum PublishError {
         /// The registry's answer.
         error: RegistryError,
     },
+    /// The index cannot be signed where its signatures go.
+    #[error("cannot sign the index at {reference}: {why}")]
+    Signature {
+        /// The signature tag (`repository:sha256-<hex>.sig`).
+        reference: String,
+        /// Why.
+        why: String,
+    },
 }
 
 impl PublishError {
@@ -200,6 +208,7 @@ impl PublishError {
             | PublishError::EmptyIndex { .. }
             | PublishError::OrphanAttestation { .. }
             | PublishError::DuplicatePlatform { .. }
+            | PublishError::Signature { .. }
             | PublishError::Index(_) => false,
         }
     }

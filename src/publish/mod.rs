@@ -30,6 +30,7 @@ pub mod credentials;
 mod error;
 pub mod index;
 pub mod registry;
+pub mod sign;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -56,6 +57,7 @@ use index::{
     IndexError, IndexManifest, ManifestDescriptor, ManifestError, ParsedManifest,
 };
 use registry::ManifestTarget;
+pub use sign::Signer;
 use verify::FetchedManifest;
 
 /// How many sources a publish reads at once (each on its own connection), after its first
@@ -690,62 +692,166 @@ impl<R: RegistryApi> Publisher<R> {
     /// before it.
     ///
     /// The index is not pushed by digest first: the first tag's PUT creates it, and the registry
-    /// confirms its digest. (With a signature, the order would be the index by digest, then the
-    /// signature that names it, then the tags, so that no tag points at an unsigned index.)
-    /// With no tag at all, it is pushed by digest.
+    /// confirms its digest ([`Publisher::write_signed`] pushes it by digest first, to sign it
+    /// before any tag names it). With no tag at all, it is pushed by digest.
     pub async fn write(&self, plan: &PublishPlan, tags: &[Tag]) -> Result<Digest, PartialWrite> {
         let session = self.pushing_to(&plan.target);
-        let nothing_tagged = |error| PartialWrite {
-            written: Vec::new(),
-            error,
-        };
-        for image in &plan.images {
-            session
-                .copy_into(&plan.target, &image.manifest)
-                .await
-                .map_err(nothing_tagged)?;
-            for attestation in &image.attestations {
-                session
-                    .copy_into(&plan.target, attestation)
-                    .await
-                    .map_err(nothing_tagged)?;
-            }
-        }
-        let bytes = Bytes::copy_from_slice(&plan.index.bytes);
-        let push_index = |target: ManifestTarget| {
-            let bytes = bytes.clone();
-            let session = &session;
-            async move {
-                let reference = match &target {
-                    ManifestTarget::Tag(t) => plan.target.with_tag(t.clone()),
-                    ManifestTarget::Digest(d) => plan.target.with_digest(d.clone()),
-                };
-                session
-                    .push(&plan.target, &target, &bytes, plan.index.media_type)
-                    .await
-                    .map_err(|error| PublishError::PushManifest {
-                        what: "the index".into(),
-                        reference: reference.to_string(),
-                        error,
-                    })
-            }
-        };
+        session.copy_sources(plan).await.map_err(nothing_tagged)?;
         if tags.is_empty() {
-            push_index(ManifestTarget::Digest(plan.index.digest.clone()))
+            session
+                .push_index(plan, ManifestTarget::Digest(plan.index.digest.clone()))
                 .await
                 .map_err(nothing_tagged)?;
             info!(index = %plan.target.with_digest(plan.index.digest.clone()), "index pushed");
         }
+        session.tag_index(plan, tags).await?;
+        Ok(plan.index.digest.clone())
+    }
+
+    /// [`Publisher::write`], signed with `signer`: the index is pushed by digest, then its
+    /// signature, then the tags, so that no tag ever points at an unsigned index. Signing an
+    /// index signed with the same key already writes nothing.
+    pub async fn write_signed(
+        &self,
+        plan: &PublishPlan,
+        tags: &[Tag],
+        signer: &Signer,
+    ) -> Result<(Digest, SignatureRecord), PartialWrite> {
+        let session = self.pushing_to(&plan.target);
+        session.copy_sources(plan).await.map_err(nothing_tagged)?;
+        session
+            .push_index(plan, ManifestTarget::Digest(plan.index.digest.clone()))
+            .await
+            .map_err(nothing_tagged)?;
+        let signature = session
+            .sign(&plan.target, &plan.index.digest, signer)
+            .await
+            .map_err(nothing_tagged)?;
+        session.tag_index(plan, tags).await?;
+        Ok((plan.index.digest.clone(), signature))
+    }
+
+    /// Signs the manifest `digest` of `repo` (see [`sign`]): reads the signature tag, and
+    /// unless this key's signature is there, uploads the payload and config and pushes the new
+    /// signature manifest.
+    async fn sign(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        signer: &Signer,
+    ) -> Result<SignatureRecord, PublishError> {
+        let tag = sign::signature_tag(digest);
+        let reference = repo.with_tag(tag.clone());
+        let failed = |error: RegistryError| PublishError::PushManifest {
+            what: "the signature".into(),
+            reference: reference.to_string(),
+            error,
+        };
+        let existing = match self.registry.get_manifest(&reference).await {
+            Ok(served) => Some(served.bytes),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(failed(e)),
+        };
+        let planned =
+            sign::plan_signature(signer, repo, digest, existing.as_deref()).map_err(|why| {
+                PublishError::Signature {
+                    reference: reference.to_string(),
+                    why,
+                }
+            })?;
+        let manifest = match planned {
+            sign::SignaturePlan::Present => {
+                info!(signature = %reference, "the index is signed with this key already");
+                existing.unwrap_or_default()
+            }
+            sign::SignaturePlan::Write { blobs, manifest } => {
+                for blob in &blobs {
+                    self.registry
+                        .put_blob(repo, &blob.digest, &blob.bytes)
+                        .await
+                        .map_err(failed)?;
+                }
+                let target = ManifestTarget::Tag(tag.clone());
+                self.push(repo, &target, &manifest, sign::MANIFEST_MEDIA_TYPE)
+                    .await
+                    .map_err(failed)?;
+                info!(signature = %reference, key = signer.key_id(), "index signed");
+                manifest
+            }
+        };
+        Ok(SignatureRecord {
+            tag,
+            digest: Digest::sha256_of(&manifest),
+            key: signer.key_id().to_string(),
+        })
+    }
+
+    /// Copies the images and attestations the plan read from other repositories into its
+    /// target repository.
+    async fn copy_sources(&self, plan: &PublishPlan) -> Result<(), PublishError> {
+        for image in &plan.images {
+            self.copy_into(&plan.target, &image.manifest).await?;
+            for attestation in &image.attestations {
+                self.copy_into(&plan.target, attestation).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes the plan's index to `target` (a tag or its digest).
+    async fn push_index(
+        &self,
+        plan: &PublishPlan,
+        target: ManifestTarget,
+    ) -> Result<Digest, PublishError> {
+        let reference = match &target {
+            ManifestTarget::Tag(t) => plan.target.with_tag(t.clone()),
+            ManifestTarget::Digest(d) => plan.target.with_digest(d.clone()),
+        };
+        let bytes = Bytes::copy_from_slice(&plan.index.bytes);
+        self.push(&plan.target, &target, &bytes, plan.index.media_type)
+            .await
+            .map_err(|error| PublishError::PushManifest {
+                what: "the index".into(),
+                reference: reference.to_string(),
+                error,
+            })
+    }
+
+    /// Pushes the plan's index to each tag in order, stopping at the first that fails.
+    async fn tag_index(&self, plan: &PublishPlan, tags: &[Tag]) -> Result<(), PartialWrite> {
         let mut written = Vec::new();
         for tag in tags {
-            if let Err(error) = push_index(ManifestTarget::Tag(tag.clone())).await {
+            if let Err(error) = self
+                .push_index(plan, ManifestTarget::Tag(tag.clone()))
+                .await
+            {
                 return Err(PartialWrite { written, error });
             }
             info!(tag = %plan.target.with_tag(tag.clone()), digest = %plan.index.digest, "index tagged");
             written.push(tag.clone());
         }
-        Ok(plan.index.digest.clone())
+        Ok(())
     }
+}
+
+/// A failure before any tag was written.
+fn nothing_tagged(error: PublishError) -> PartialWrite {
+    PartialWrite {
+        written: Vec::new(),
+        error,
+    }
+}
+
+/// The signature a signed publish left: where, and with which key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignatureRecord {
+    /// The signature tag (`sha256-<hex>.sig`) in the index's repository.
+    pub tag: Tag,
+    /// The digest of the signature manifest at that tag.
+    pub digest: Digest,
+    /// The signing key's identity ([`Signer::key_id`]).
+    pub key: String,
 }
 
 /// Why the verified images do not form an index; two images of one platform are named with

@@ -237,6 +237,15 @@ pub trait RegistryApi: Clone + Send + Sync {
         blob: &BlobDescriptor,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
 
+    /// Uploads a small blob (a signature's payload or config) of exactly `bytes` to `repo` as
+    /// `digest`, unless `repo` has it; the registry verifies the digest.
+    fn put_blob(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        bytes: &Bytes,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
     /// Pushes exactly `bytes`, of `media_type`, to `repo` at `target`; returns the digest the
     /// registry says it stored.
     fn put_manifest(
@@ -704,6 +713,47 @@ impl RegistryApi for Registry {
         let deadline = self.config.timeout + Duration::from_secs(blob.size / MIN_COPY_RATE);
         self.retry("copy blob", deadline, || {
             self.stream_copy(from, to, blob, &upload)
+        })
+        .await
+    }
+
+    /// A HEAD, then (when missing) a POST opening an upload and one PUT of the whole blob.
+    async fn put_blob(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        bytes: &Bytes,
+    ) -> Result<(), RegistryError> {
+        if self.blob_exists(repo, digest).await? {
+            return Ok(());
+        }
+        let url = self
+            .transport
+            .url(repo.registry(), &format!("{}/blobs/uploads/", repo.path()));
+        let scopes = [scope(repo.path(), "pull,push")];
+        self.retry("upload blob", self.config.timeout, || async {
+            let response = self
+                .transport
+                .send(repo.registry(), &scopes, |http| {
+                    http.post(&url).header(CONTENT_LENGTH, "0")
+                })
+                .await?;
+            let response = expect(response, &[StatusCode::ACCEPTED], "open upload").await?;
+            let mut upload = resolve_location(&url, &response)?;
+            upload
+                .query_pairs_mut()
+                .append_pair("digest", digest.as_str());
+            let response = self
+                .transport
+                .send(repo.registry(), &scopes, |http| {
+                    http.request(Method::PUT, upload.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .body(bytes.clone())
+                })
+                .await?;
+            expect(response, &[StatusCode::CREATED], "upload blob")
+                .await
+                .map(|_| ())
         })
         .await
     }

@@ -108,6 +108,23 @@ impl RegistryApi for Memory {
         Ok(())
     }
 
+    async fn put_blob(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        bytes: &Bytes,
+    ) -> Result<(), RegistryError> {
+        let mut state = self.0.lock().unwrap();
+        state.log.push(format!("PUT blob {repo}@{digest}"));
+        if &Digest::sha256_of(bytes) != digest {
+            return Err(error(RegistryErrorKind::DigestMismatch, "digest invalid"));
+        }
+        state
+            .blobs
+            .insert((repo.to_string(), digest.to_string()), bytes.clone());
+        Ok(())
+    }
+
     async fn put_manifest(
         &self,
         repo: &Repository,
