@@ -143,6 +143,11 @@ pub struct MultiArchImageSpec {
     /// `source.git.pollInterval`) a new commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild_on: Option<RebuildOn>,
+
+    /// Sign the published index; it is signed before any tag moves to it. Adding it to a
+    /// published object signs the index without building again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<Signing>,
 }
 
 /// Attestations attached to each platform's image.
@@ -154,6 +159,30 @@ pub struct Attestations {
     /// images of `rebuildOn.baseImages` are read from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<ProvenanceMode>,
+
+    /// An SPDX SBOM of each platform's image, made on the builder by BuildKit's SBOM scanner
+    /// (`attest:sbom`) and kept in the published index after the image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sbom: bool,
+
+    /// The scanner image for `sbom` (BuildKit's SBOM scanner protocol); defaults to the
+    /// operator's `--sbom-scanner-image`. It runs on every builder's node, so it must be
+    /// multi-arch; the guardrail allowedBuilderImages applies to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub sbom_scanner: Option<String>,
+}
+
+/// How the published index is signed. One method: a cosign key pair in a Secret (keyless
+/// signing would be another field beside it).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Signing {
+    /// A Secret in this namespace holding a cosign key pair the way
+    /// `cosign generate-key-pair k8s://<namespace>/<name>` writes it: `cosign.key` (the
+    /// encrypted private key) and `cosign.password`. The index is signed in cosign's format
+    /// (`sha256-<hex>.sig`), without a transparency log entry.
+    pub key_secret_ref: LocalObjectReference,
 }
 
 /// How much provenance BuildKit records.
@@ -388,6 +417,39 @@ pub struct MultiArchImageStatus {
     /// The last builds, newest first (at most 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+
+    /// The signature of the published index (with `spec.signing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureStatus>,
+
+    /// The SBOM attached to each platform's image in the published index (with
+    /// `spec.attestations.sbom`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sboms: Vec<SbomStatus>,
+}
+
+/// Where the published index's signature is.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureStatus {
+    /// The signature manifest, `<image>:sha256-<hex>.sig`, as cosign finds it.
+    pub tag: String,
+    /// The digest of the signature manifest.
+    pub digest: String,
+    /// The signing key: the SHA-256 digest of its public key (DER).
+    pub key: String,
+}
+
+/// A platform's SBOM in the published index.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SbomStatus {
+    /// The platform it describes.
+    pub platform: String,
+    /// The attestation manifest holding it (listed in the index after the platform's image).
+    pub attestation: String,
+    /// The SPDX in-toto statement's blob digest in that manifest.
+    pub digest: String,
 }
 
 /// A base image a platform was built from.

@@ -271,6 +271,10 @@ pub fn buildctl_args(input: &BuilderInput<'_>) -> Vec<String> {
         };
         args.push(format!("--opt=attest:provenance=mode={mode}"));
     }
+    if let Some(scanner) = &input.desired.sbom_scanner {
+        // the scanner runs on the builder, over the built image's filesystem
+        args.push(format!("--opt=attest:sbom=generator={scanner}"));
+    }
     args.push(format!("--import-cache=type=registry,ref={cache}"));
     args.push(format!(
         "--export-cache=type=registry,ref={cache},mode=max,ignore-error=true,oci-mediatypes=true"
@@ -669,6 +673,48 @@ mod tests {
         assert!(command[2].contains(METADATA_FILE) && command[2].contains(TERMINATION_LOG));
         assert!(command[2].starts_with("buildctl-daemonless.sh \"$@\""));
         assert!(command[2].ends_with("exit $status"));
+    }
+
+    #[test]
+    fn attestations_are_asked_of_buildkit_as_the_spec_says() {
+        let attest = |spec: serde_json::Value| -> Vec<String> {
+            let job = render(spec, "linux/arm64", 1);
+            let args = pod(&job).containers[0].args.clone().unwrap();
+            args.into_iter().filter(|a| a.contains("attest:")).collect()
+        };
+        assert_eq!(
+            attest(serde_json::json!({})),
+            ["--opt=attest:provenance=mode=min"]
+        );
+        assert_eq!(
+            attest(serde_json::json!({"attestations": {"provenance": "max"}})),
+            ["--opt=attest:provenance=mode=max"]
+        );
+        assert!(attest(serde_json::json!({"attestations": {"provenance": "off"}})).is_empty());
+        assert_eq!(
+            attest(serde_json::json!({"attestations": {"provenance": "off", "sbom": true}})),
+            ["--opt=attest:sbom=generator=docker/buildkit-syft-scanner:stable-1"]
+        );
+        // a scanner the spec names (allowed by the guardrail) is the one BuildKit runs
+        let defaults = BuilderDefaults {
+            sbom_scanner: "registry.example.com/scanners/syft:1".into(),
+            ..BuilderDefaults::default()
+        };
+        let obj = object(
+            serde_json::json!({"attestations": {"sbom": true, "sbomScanner": "registry.example.com/scanners/syft:1"}}),
+        );
+        let desired = validate(&obj, &defaults).unwrap();
+        let platform: Platform = "linux/arm64".parse().unwrap();
+        let args = buildctl_args(&BuilderInput {
+            object: &obj,
+            desired: &desired,
+            platform: &platform,
+            attempt: 1,
+            commit: "4f1a528c0ffee0000000000000000000000000ab",
+            defaults: &defaults,
+        });
+        let sbom = "--opt=attest:sbom=generator=registry.example.com/scanners/syft:1";
+        assert!(args.iter().any(|a| a == sbom), "{args:?}");
     }
 
     #[test]

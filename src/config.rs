@@ -9,6 +9,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// The BuildKit image builders run when neither the object nor the operator names one.
 pub const DEFAULT_BUILDER_IMAGE: &str = "moby/buildkit:v0.29.0-rootless";
+/// BuildKit's own default SBOM scanner (`attest:sbom` without a generator), multi-arch.
+pub const DEFAULT_SBOM_SCANNER_IMAGE: &str = "docker/buildkit-syft-scanner:stable-1";
 
 /// Defaults applied to every builder and build.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +36,8 @@ pub struct BuilderDefaults {
     pub finished_ttl: Duration,
     /// What a spec may choose about its builders; checked by `validate`.
     pub guardrails: Guardrails,
+    /// The SBOM scanner image of `spec.attestations.sbom` when the spec names none.
+    pub sbom_scanner: String,
 }
 
 impl Default for BuilderDefaults {
@@ -54,6 +58,7 @@ impl Default for BuilderDefaults {
             max_disruptions: 3,
             finished_ttl: Duration::from_secs(60 * 60),
             guardrails: Guardrails::default(),
+            sbom_scanner: DEFAULT_SBOM_SCANNER_IMAGE.to_string(),
         }
     }
 }

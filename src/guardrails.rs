@@ -57,6 +57,20 @@ pub fn check(spec: &MultiArchImageSpec, defaults: &BuilderDefaults) -> Result<()
             )));
         }
     }
+    if let Some(scanner) = spec
+        .attestations
+        .as_ref()
+        .and_then(|a| a.sbom_scanner.as_deref())
+    {
+        let mut allowed = vec![defaults.sbom_scanner.clone()];
+        allowed.extend(allowed_images(defaults));
+        if !image_allowed(scanner, &allowed) {
+            return Err(InvalidSpec(format!(
+                "spec.attestations.sbomScanner: {scanner} is not allowed by the guardrail allowedBuilderImages (--allowed-builder-images; allowed: {})",
+                list(&allowed)
+            )));
+        }
+    }
     if let Some(sa) = builder
         .service_account_name
         .as_deref()
@@ -321,6 +335,10 @@ mod tests {
             (serde_json::json!({"builder": {"image": "registry.example.com/buildkit/b:1"}}), &open, None),
             (serde_json::json!({"builder": {"image": DEFAULT_BUILDER_IMAGE}}), &open, None),
             (serde_json::json!({"builder": {"image": "registry.example.com/other/b:1"}}), &open, Some("allowedBuilderImages")),
+            // the SBOM scanner: the operator's default scanner, or an allowed builder image
+            (serde_json::json!({"attestations": {"sbom": true, "sbomScanner": crate::config::DEFAULT_SBOM_SCANNER_IMAGE}}), &default, None),
+            (serde_json::json!({"attestations": {"sbom": true, "sbomScanner": "evil.example/scanner:1"}}), &default, Some("spec.attestations.sbomScanner: evil.example/scanner:1 is not allowed by the guardrail allowedBuilderImages (--allowed-builder-images; allowed: docker/buildkit-syft-scanner:stable-1, moby/buildkit:v0.29.0-rootless)")),
+            (serde_json::json!({"attestations": {"sbom": true, "sbomScanner": "registry.example.com/buildkit/syft:1"}}), &open, None),
             // ServiceAccounts: the namespace's default only, by default
             (serde_json::json!({"builder": {"serviceAccountName": "default"}}), &default, None),
             (serde_json::json!({"builder": {"serviceAccountName": "ci-admin"}}), &default, Some("spec.builder.serviceAccountName: ci-admin is not allowed by the guardrail allowedServiceAccounts (--allowed-builder-service-accounts; allowed: default)")),

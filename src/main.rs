@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use multiarch_operator::api_client::Fence;
 use multiarch_operator::config::{
-    parse_duration, BuilderDefaults, Guardrails, DEFAULT_BUILDER_IMAGE,
+    parse_duration, BuilderDefaults, Guardrails, DEFAULT_BUILDER_IMAGE, DEFAULT_SBOM_SCANNER_IMAGE,
 };
 use multiarch_operator::controller::leader::LeaderElection;
 use multiarch_operator::controller::Settings;
@@ -46,6 +46,10 @@ struct RunArgs {
     /// Default BuildKit image of builders (rootless).
     #[arg(long, env = "MULTIARCH_BUILDER_IMAGE", default_value = DEFAULT_BUILDER_IMAGE)]
     builder_image: String,
+    /// Default SBOM scanner image of `spec.attestations.sbom` (BuildKit's SBOM scanner
+    /// protocol; multi-arch, it runs on every builder's node).
+    #[arg(long, env = "MULTIARCH_SBOM_SCANNER_IMAGE", default_value = DEFAULT_SBOM_SCANNER_IMAGE)]
+    sbom_scanner_image: String,
     /// Default builder resource requests, as name=quantity (repeatable).
     #[arg(
         long = "builder-request",
@@ -270,6 +274,7 @@ fn builder_defaults(args: &RunArgs) -> anyhow::Result<BuilderDefaults> {
     let guardrails = guardrails(args)?;
     let mut defaults = BuilderDefaults {
         image: args.builder_image.clone(),
+        sbom_scanner: args.sbom_scanner_image.clone(),
         timeout: parse_duration(&args.build_timeout)?,
         provisioning_timeout: parse_duration(&args.provisioning_timeout)?,
         max_disruptions: args.max_disruptions,

@@ -13,6 +13,11 @@ pub fn is_provenance(predicate_type: &str) -> bool {
     predicate_type.starts_with("https://slsa.dev/provenance/")
 }
 
+/// Whether an attestation layer's predicate type is an SPDX SBOM (BuildKit's `attest:sbom`).
+pub fn is_sbom(predicate_type: &str) -> bool {
+    predicate_type.starts_with("https://spdx.dev/Document")
+}
+
 /// A base image: `registry/repo:tag` as the build resolved it, and the digest it got.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Material {

@@ -35,6 +35,10 @@ pub struct DesiredBuild {
     pub follow: Follow,
     /// BuildKit's provenance attestation: `mode=min|max`, or `None` when off.
     pub provenance: Option<ProvenanceMode>,
+    /// The SBOM scanner image builders run (`spec.attestations.sbom`), or `None`.
+    pub sbom_scanner: Option<String>,
+    /// The Secret holding the cosign key the index is signed with (`spec.signing`), or `None`.
+    pub signing_secret: Option<String>,
 }
 
 /// How the object follows its inputs between spec changes.
@@ -116,6 +120,11 @@ pub fn validate(
             "spec.rebuildOn.baseImages needs provenance: the base images are read from it (set spec.attestations.provenance to min or max)".into(),
         ));
     }
+    let sbom_scanner = spec.attestations.as_ref().filter(|a| a.sbom).map(|a| {
+        a.sbom_scanner
+            .clone()
+            .unwrap_or_else(|| defaults.sbom_scanner.clone())
+    });
     let spec_key = build_id(spec, rebuild.as_deref());
     Ok(DesiredBuild {
         build_id: spec_key.clone(),
@@ -130,6 +139,8 @@ pub fn validate(
         rebuild,
         follow,
         provenance,
+        sbom_scanner,
+        signing_secret: spec.signing.as_ref().map(|s| s.key_secret_ref.name.clone()),
     })
 }
 

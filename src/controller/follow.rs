@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::publishing::{publisher, Credentials};
 use super::{gather, Context, Error};
-use crate::api::{BaseImage, MultiArchImage, MultiArchImageStatus, Phase};
+use crate::api::{BaseImage, MultiArchImage, MultiArchImageStatus, Phase, SbomStatus};
 use crate::plan::{same_spec, FollowCheck, MovedBase};
 use crate::provenance::{self, PREDICATE_TYPE_ANNOTATION};
 use crate::publish::index::{parse_manifest, BlobDescriptor, ParsedManifest};
@@ -210,41 +210,71 @@ async fn base_moved(
     }))
 }
 
-/// The base images of each platform of a verified publish plan, read from the provenance
-/// attestations next to its images. An attestation that cannot be read is logged and skipped:
-/// the publish stands, only `rebuildOn.baseImages` cannot see that platform's bases.
-pub(super) async fn base_images_of(publisher: &Publisher, plan: &PublishPlan) -> Vec<BaseImage> {
-    let mut found = Vec::new();
+/// What the builders attached to a verified publish plan's images, read from the attestation
+/// manifests next to them.
+#[derive(Debug, Default)]
+pub(super) struct Attached {
+    /// Each platform's base images, from its provenance.
+    pub base_images: Vec<BaseImage>,
+    /// Each platform's SBOM layer.
+    pub sboms: Vec<SbomStatus>,
+}
+
+/// The base images and SBOMs of each platform of a verified publish plan. An attestation that
+/// cannot be read is logged and skipped: the publish stands, only `rebuildOn.baseImages` cannot
+/// see that platform's bases (and its SBOM is not listed).
+pub(super) async fn attached_to(publisher: &Publisher, plan: &PublishPlan) -> Attached {
+    let mut found = Attached::default();
     for image in plan.images() {
         let platform = image.platform().to_string();
         for attestation in image.attestations() {
-            match provenance_of(publisher, &attestation.reference()).await {
-                Ok(materials) => found.extend(materials.into_iter().map(|m| BaseImage {
-                    platform: platform.clone(),
-                    name: m.name,
-                    digest: m.digest,
-                })),
+            let reference = attestation.reference();
+            let manifest = match manifest_by_digest(publisher, &reference).await {
+                Ok(manifest) => manifest,
+                Err(why) => {
+                    warn!(platform, "cannot read the attestation manifest: {why}");
+                    continue;
+                }
+            };
+            match provenance_of(publisher, &reference, &manifest.bytes).await {
+                Ok(materials) => {
+                    found
+                        .base_images
+                        .extend(materials.into_iter().map(|m| BaseImage {
+                            platform: platform.clone(),
+                            name: m.name,
+                            digest: m.digest,
+                        }))
+                }
                 Err(why) => warn!(platform, "cannot read the provenance: {why}"),
+            }
+            match attestation_layers(&manifest.bytes, provenance::is_sbom) {
+                Ok(layers) => found.sboms.extend(layers.into_iter().map(|l| SbomStatus {
+                    platform: platform.clone(),
+                    attestation: attestation.digest().to_string(),
+                    digest: l.digest.to_string(),
+                })),
+                Err(why) => warn!(platform, "cannot read the attestation manifest: {why}"),
             }
         }
     }
-    if !found.is_empty() {
+    if !found.base_images.is_empty() {
         info!(
-            count = found.len(),
+            count = found.base_images.len(),
             "read the base images from the provenance"
         );
     }
     found
 }
 
-/// The materials of the provenance layers of one attestation manifest.
+/// The materials of the provenance layers of one attestation manifest (`manifest`, its bytes).
 async fn provenance_of(
     publisher: &Publisher,
     attestation: &Reference,
+    manifest: &[u8],
 ) -> Result<Vec<provenance::Material>, String> {
     let registry = publisher.registry();
-    let manifest = manifest_by_digest(publisher, attestation).await?;
-    let layers = provenance_layers(&manifest.bytes)?;
+    let layers = attestation_layers(manifest, provenance::is_provenance)?;
     let mut materials = Vec::new();
     for blob in layers {
         let bytes = registry
@@ -277,8 +307,11 @@ async fn manifest_by_digest(
     }
 }
 
-/// The layers of an attestation manifest whose predicate type is SLSA provenance.
-fn provenance_layers(manifest: &[u8]) -> Result<Vec<BlobDescriptor>, String> {
+/// The layers of an attestation manifest whose predicate type `wanted` accepts.
+fn attestation_layers(
+    manifest: &[u8],
+    wanted: fn(&str) -> bool,
+) -> Result<Vec<BlobDescriptor>, String> {
     #[derive(serde::Deserialize)]
     struct Manifest {
         #[serde(default)]
@@ -301,7 +334,7 @@ fn provenance_layers(manifest: &[u8]) -> Result<Vec<BlobDescriptor>, String> {
         .filter(|l| {
             l.annotations
                 .get(PREDICATE_TYPE_ANNOTATION)
-                .is_some_and(|t| provenance::is_provenance(t))
+                .is_some_and(|t| wanted(t))
         })
         .map(|l| {
             let digest: Digest = l.digest.parse().map_err(|e| format!("{e}"))?;
@@ -320,17 +353,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_provenance_layers_are_read() {
-        let d = format!("sha256:{}", "a".repeat(64));
+    fn provenance_and_sbom_layers_are_told_apart() {
+        let (p, s) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+        );
         let manifest = serde_json::json!({"layers": [
-            {"mediaType": "application/vnd.in-toto+json", "digest": d, "size": 10,
+            {"mediaType": "application/vnd.in-toto+json", "digest": p, "size": 10,
              "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"}},
-            {"mediaType": "application/vnd.in-toto+json", "digest": d, "size": 10,
+            {"mediaType": "application/vnd.in-toto+json", "digest": s, "size": 20,
              "annotations": {"in-toto.io/predicate-type": "https://spdx.dev/Document"}},
-        ]});
-        let layers = provenance_layers(manifest.to_string().as_bytes()).unwrap();
+        ]})
+        .to_string();
+        let layers = attestation_layers(manifest.as_bytes(), provenance::is_provenance).unwrap();
         assert_eq!(layers.len(), 1);
-        assert_eq!(layers[0].size, 10);
+        assert_eq!(
+            (layers[0].digest.as_str(), layers[0].size),
+            (p.as_str(), 10)
+        );
+        let layers = attestation_layers(manifest.as_bytes(), provenance::is_sbom).unwrap();
+        assert_eq!(layers.len(), 1);
+        assert_eq!(
+            (layers[0].digest.as_str(), layers[0].size),
+            (s.as_str(), 20)
+        );
     }
 
     #[test]

@@ -8,11 +8,11 @@ use kube::ResourceExt;
 use tracing::info;
 
 use super::{Context, Error};
-use crate::api::{MultiArchImage, MultiArchImageStatus};
+use crate::api::{MultiArchImage, MultiArchImageStatus, SignatureStatus};
 use crate::plan::{PublishOutcome, PushCheck};
 use crate::publish::credentials::DockerConfig;
 use crate::publish::registry::RegistryConfig;
-use crate::publish::{IndexFormat, PublishPlan, Publisher, RegistryApi as _, Source};
+use crate::publish::{IndexFormat, PublishPlan, Publisher, RegistryApi as _, Signer, Source};
 use crate::reference::{Digest, Tag};
 use crate::validate::DesiredBuild;
 
@@ -138,6 +138,11 @@ pub async fn publish(
         Credentials::Ok(p) => p,
         Credentials::Refused(why) => return Ok(PublishOutcome::Refused(why)),
     };
+    // the key is read before anything is written: a key that cannot sign publishes nothing
+    let signer = match signer(ctx, obj, desired).await? {
+        Ok(signer) => signer,
+        Err(why) => return Ok(PublishOutcome::Refused(why)),
+    };
     let sources = match sources(desired, status) {
         Ok(sources) => sources,
         Err(why) => return Ok(PublishOutcome::Refused(why)),
@@ -159,15 +164,31 @@ pub async fn publish(
     if let Some(refused) = tag_platforms(&publisher, &plan, desired).await? {
         return Ok(refused);
     }
-    match publisher.write(&plan, &desired.tags).await {
-        Ok(digest) => {
+    let written = match &signer {
+        None => publisher
+            .write(&plan, &desired.tags)
+            .await
+            .map(|digest| (digest, None)),
+        Some(signer) => publisher
+            .write_signed(&plan, &desired.tags, signer)
+            .await
+            .map(|(digest, signature)| (digest, Some(signature))),
+    };
+    match written {
+        Ok((digest, signature)) => {
             let image_ref = format!("{}@{digest}", desired.repository);
             info!(digest = %digest, tags = ?desired.tags.iter().map(Tag::as_str).collect::<Vec<_>>(), "published the index");
-            let base_images = super::follow::base_images_of(&publisher, &plan).await;
+            let attached = super::follow::attached_to(&publisher, &plan).await;
             Ok(PublishOutcome::Published {
                 digest: digest.to_string(),
                 image_ref,
-                base_images,
+                base_images: attached.base_images,
+                signature: signature.map(|s| SignatureStatus {
+                    tag: desired.repository.with_tag(s.tag).to_string(),
+                    digest: s.digest.to_string(),
+                    key: s.key,
+                }),
+                sboms: attached.sboms,
             })
         }
         Err(e) if e.is_transient() => Err(Error::PushIndex {
@@ -175,6 +196,33 @@ pub async fn publish(
         }),
         Err(e) => Ok(PublishOutcome::Refused(e.to_string())),
     }
+}
+
+/// The cosign key of `spec.signing` (`None` without it), or why it cannot sign. The Secret
+/// holds it as `cosign generate-key-pair k8s://...` writes it: `cosign.key`, `cosign.password`.
+/// Messages name the Secret and its keys, never their values.
+async fn signer(
+    ctx: &Context,
+    obj: &MultiArchImage,
+    desired: &DesiredBuild,
+) -> Result<Result<Option<Signer>, String>, Error> {
+    let Some(name) = &desired.signing_secret else {
+        return Ok(Ok(None));
+    };
+    let ns = obj.namespace().unwrap_or_default();
+    let secret = super::gather::get_secret(ctx, &ns, name).await?;
+    let at = format!("signing.keySecretRef: Secret {ns}/{name}");
+    let Some(data) = secret.and_then(|s| s.data) else {
+        return Ok(Err(format!("{at} not found, or empty")));
+    };
+    let (Some(key), Some(password)) = (data.get("cosign.key"), data.get("cosign.password")) else {
+        return Ok(Err(format!(
+            "{at} must hold cosign.key and cosign.password (as `cosign generate-key-pair k8s://{ns}/{name}` writes them)"
+        )));
+    };
+    Ok(Signer::from_encrypted_pem(&key.0, &password.0)
+        .map(Some)
+        .map_err(|e| format!("{at}: cosign.key: {e}")))
 }
 
 /// Each platform's built image, in the order of `spec.platforms`; `Err` names a platform that

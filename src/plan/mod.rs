@@ -371,6 +371,7 @@ fn plan_build(
         platforms: &status.platforms,
         same_build: same,
         wanted_tags: desired.published_tags(),
+        wants_signature: desired.signing_secret.is_some(),
         new_generation: prev.observed_generation != observed.generation,
     });
     step.apply(&mut status, &mut actions, &conditions);

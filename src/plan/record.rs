@@ -141,6 +141,10 @@ pub enum PublishOutcome {
         image_ref: String,
         /// The base images read from the build's provenance.
         base_images: Vec<crate::api::BaseImage>,
+        /// The index's signature, when it was signed.
+        signature: Option<crate::api::SignatureStatus>,
+        /// The SBOM of each platform, when the builders attached one.
+        sboms: Vec<crate::api::SbomStatus>,
     },
     /// An image's config disagrees with the platform it was built for.
     PlatformMismatch(String),
@@ -171,9 +175,13 @@ pub fn record_publish(
             digest,
             image_ref,
             base_images,
+            signature,
+            sboms,
         } => {
             status.digest = Some(digest.clone());
             status.base_images = base_images.clone();
+            status.signature = signature.clone();
+            status.sboms = sboms.clone();
             status.image_ref = Some(image_ref.clone());
             status.published_tags = desired.published_tags();
             let msg = format!("published {image_ref}");
@@ -321,6 +329,8 @@ mod tests {
             digest: "sha256:ii".into(),
             image_ref: "r@sha256:ii".into(),
             base_images: Vec::new(),
+            signature: None,
+            sboms: Vec::new(),
         };
         record_publish(&mut status, &d, &outcome, t(0));
         assert_eq!(status.phase, Some(Phase::Succeeded));

@@ -15,6 +15,8 @@ pub(super) struct Input<'a> {
     pub same_build: bool,
     /// Every tag a publish writes.
     pub wanted_tags: Vec<String>,
+    /// The index must be signed (`spec.signing`).
+    pub wants_signature: bool,
     /// The spec changed since `prev` was written.
     pub new_generation: bool,
 }
@@ -62,6 +64,7 @@ fn all_built(input: &Input<'_>) -> Summary {
     let published = input.same_build
         && prev.phase == Some(Phase::Succeeded)
         && prev.published_tags == input.wanted_tags
+        && (prev.signature.is_some() || !input.wants_signature)
         && prev.digest.is_some();
     let refused = input.same_build
         && prev.phase == Some(Phase::Failed)
@@ -165,6 +168,7 @@ mod tests {
             platforms,
             same_build: true,
             wanted_tags: vec!["1.0.0".into()],
+            wants_signature: false,
             new_generation: false,
         })
     }

@@ -496,6 +496,8 @@ fn all_platforms_built_publishes_once() {
             digest: "sha256:ii".into(),
             image_ref: "registry.example.com/team/apiping@sha256:ii".into(),
             base_images: Vec::new(),
+            signature: None,
+            sboms: Vec::new(),
         },
         t(201),
     );
@@ -524,6 +526,8 @@ fn tags_only_change_republishes_without_new_builders() {
             digest: "sha256:ii".into(),
             image_ref: "x@sha256:ii".into(),
             base_images: Vec::new(),
+            signature: None,
+            sboms: Vec::new(),
         },
     );
 
@@ -531,6 +535,36 @@ fn tags_only_change_republishes_without_new_builders() {
     assert_eq!(d.build_id, d2.build_id);
     let p = run(&d2, &status, &b, None, t(300));
     assert_eq!(p.actions, vec![Action::Publish]);
+}
+
+#[test]
+fn signing_added_to_a_published_object_signs_without_building_and_then_rests() {
+    let d = desired(serde_json::json!({}));
+    let b = [
+        builder(&d, "linux/amd64", 1, built("sha256:aa")),
+        builder(&d, "linux/arm64", 1, built("sha256:bb")),
+    ];
+    let published = |signature| PublishOutcome::Published {
+        digest: "sha256:ii".into(),
+        image_ref: "x@sha256:ii".into(),
+        base_images: Vec::new(),
+        signature,
+        sboms: Vec::new(),
+    };
+    let status = after_publish(&d, &b, published(None));
+    let signed = desired(serde_json::json!({"signing": {"keySecretRef": {"name": "cosign"}}}));
+    assert_eq!(d.build_id, signed.build_id);
+    let p = run(&signed, &status, &b, None, t(300));
+    assert_eq!(p.actions, vec![Action::Publish]);
+
+    let signature = crate::api::SignatureStatus {
+        tag: "x:sha256-ii.sig".into(),
+        digest: "sha256:ss".into(),
+        key: "sha256:kk".into(),
+    };
+    let status = after_publish(&signed, &b, published(Some(signature.clone())));
+    assert_eq!(status.signature, Some(signature));
+    assert!(run(&signed, &status, &b, None, t(400)).actions.is_empty());
 }
 
 #[test]
@@ -653,6 +687,8 @@ fn built_platform_whose_builder_was_cleaned_up_is_not_rebuilt_from_a_kept_failur
             digest: "sha256:ii".into(),
             image_ref: "r@sha256:ii".into(),
             base_images: Vec::new(),
+            signature: None,
+            sboms: Vec::new(),
         },
     );
     assert_eq!(published.phase, Some(Phase::Succeeded));
@@ -702,6 +738,8 @@ fn poll(d: &DesiredBuild, check: FollowCheck, now: i64) -> (MultiArchImageStatus
             digest: "sha256:ii".into(),
             image_ref: "registry.example.com/team/apiping@sha256:ii".into(),
             base_images: Vec::new(),
+            signature: None,
+            sboms: Vec::new(),
         },
     );
     let mut observed = observed(&published, &b, None);

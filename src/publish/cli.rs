@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::error;
 
-use super::{DockerConfig, IndexFormat, Publisher, RegistryConfig, Source};
+use super::{DockerConfig, IndexFormat, Publisher, RegistryConfig, Signer, Source};
 use crate::reference::{Reference, Repository, Tag};
 
 /// Published.
@@ -77,7 +77,15 @@ pub struct PublishArgs {
     /// Media type of the index.
     #[arg(long, value_enum, default_value_t = FormatArg::Oci)]
     pub format: FormatArg,
+    /// Sign the index with this cosign private key (`cosign generate-key-pair`), its password in
+    /// the environment variable COSIGN_PASSWORD. The index is pushed by digest, then signed
+    /// (`sha256-<hex>.sig`, no transparency log), then tagged: no tag names it unsigned.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
+
+/// The environment variable holding the password of `--sign-key` (cosign's own).
+pub const SIGN_PASSWORD_ENV: &str = "COSIGN_PASSWORD";
 
 fn parse_tag(s: &str) -> Result<Reference, String> {
     let r: Reference = s.parse().map_err(|e| format!("{e}"))?;
@@ -146,6 +154,13 @@ pub async fn run(args: PublishArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let signer = match signer(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: nothing written: {e}");
+            return EXIT_FAILED;
+        }
+    };
     let publisher = match publisher(&args) {
         Ok(p) => p,
         Err(e) => {
@@ -163,7 +178,24 @@ pub async fn run(args: PublishArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
-    write_all(&publisher, &runs, &plans).await
+    write_all(&publisher, &runs, &plans, signer.as_ref()).await
+}
+
+/// The signer of `--sign-key`, read before anything is checked or written.
+fn signer(args: &PublishArgs) -> Result<Option<Signer>, String> {
+    let Some(path) = &args.sign_key else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("--sign-key {}: {e}", path.display()))?;
+    let password = std::env::var(SIGN_PASSWORD_ENV).unwrap_or_default();
+    Signer::from_encrypted_pem(&pem, password.as_bytes())
+        .map(Some)
+        .map_err(|e| {
+            format!(
+                "--sign-key {} (password from {SIGN_PASSWORD_ENV}): {e}",
+                path.display()
+            )
+        })
 }
 
 /// The publishing engine with the Docker config's credentials and the flags' registry settings.
@@ -202,11 +234,25 @@ async fn write_all(
     publisher: &Publisher,
     runs: &[(Repository, Vec<Tag>)],
     plans: &[super::PublishPlan],
+    signer: Option<&Signer>,
 ) -> i32 {
     let mut written: Vec<Reference> = Vec::new();
     let mut digest = None;
     for ((repo, tags), plan) in runs.iter().zip(plans) {
-        match publisher.write(plan, tags).await {
+        let result = match signer {
+            None => publisher.write(plan, tags).await,
+            Some(signer) => {
+                publisher
+                    .write_signed(plan, tags, signer)
+                    .await
+                    .map(|(d, signature)| {
+                        let at = repo.with_tag(signature.tag.clone());
+                        eprintln!("signed: {at} ({}), key {}", signature.digest, signature.key);
+                        d
+                    })
+            }
+        };
+        match result {
             Ok(d) => {
                 written.extend(tags.iter().map(|t| repo.with_tag(t.clone())));
                 digest = Some(d);
