@@ -80,6 +80,16 @@ fn open_cases() -> Vec<Case> {
             Some("guardrail allowedBuilderImages"),
         ),
         (
+            "scanner-prefix",
+            json!({"attestations": {"sbom": true, "sbomScanner": "registry.example.com/buildkit/syft:1"}}),
+            None,
+        ),
+        (
+            "scanner-other",
+            json!({"attestations": {"sbom": true, "sbomScanner": "ghcr.io/someone/scanner:1"}}),
+            Some("guardrail allowedBuilderImages"),
+        ),
+        (
             "sa-allowed",
             json!({"builder": {"serviceAccountName": "builder"}}),
             None,
