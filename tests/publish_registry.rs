@@ -757,3 +757,120 @@ async fn controller_api_prepares_tags_platform_images_and_writes() {
     all.sort();
     assert_eq!(all, vec!["1.0.0", "1.0.0-amd64", "1.0.0-arm64", "latest"]);
 }
+
+/// The manifests PUT to `repo`, in the order the registry's access log shows them: the path
+/// after `/manifests/` (a tag or a digest).
+fn manifest_puts(log: &str, repo: &str) -> Vec<String> {
+    let prefix = format!("\"PUT /v2/{repo}/manifests/");
+    log.lines()
+        .filter_map(|l| {
+            let at = l.find(&prefix)? + prefix.len();
+            l[at..].split_whitespace().next().map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_signed_publish_pushes_the_index_then_its_signature_then_the_tags_and_signs_once() {
+    const KEY: &str = include_str!("../src/publish/testdata/cosign.key");
+    const PUBLIC: &str = include_str!("../src/publish/testdata/cosign.pub");
+    const KEY_PASSWORD: &str = "multiarch-test";
+    let reg = RegistryServer::start(RegistryAuth::None, false);
+    let push = Pusher::new(&reg, None).await;
+    let amd64 = push.image("team/app", "linux/amd64", "amd64").await;
+    let arm64 = push.image("team/app", "linux/arm64", "arm64").await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("cosign.key");
+    std::fs::write(&key, KEY).unwrap();
+    let config = anonymous();
+    let args = |tag: &str| {
+        vec![
+            "--plain-http".to_string(),
+            "--sign-key".into(),
+            key.display().to_string(),
+            "--tag".into(),
+            reg.repo(&format!("team/app:{tag}")),
+            format!("linux/amd64={}", amd64.reference()),
+            format!("linux/arm64={}", arm64.reference()),
+        ]
+    };
+    let signed = |args: Vec<String>, password: &'static str| {
+        let config = config.path().to_path_buf();
+        async move {
+            let env = [("COSIGN_PASSWORD", password)];
+            registry::publish_with_env(&args, &config, None, "info", &env).await
+        }
+    };
+
+    // a wrong password: refused before anything is written, and never shown
+    let out = signed(args("1.0.0"), "not-the-password").await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("cannot be decrypted"), "{}", out.stderr);
+    assert!(!out.stderr.contains("not-the-password"), "{}", out.stderr);
+    let skopeo = Skopeo::new(&reg, None);
+    assert!(skopeo.tags(&reg.repo("team/app")).await.is_empty());
+
+    let before = manifest_puts(&reg.log(), "team/app").len();
+    let out = signed(args("1.0.0"), KEY_PASSWORD).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stderr, reg.log());
+    let digest = out.last_line();
+    let sig_tag = format!("{}.sig", digest.replace(':', "-"));
+    assert_eq!(
+        manifest_puts(&reg.log(), "team/app")[before..],
+        [digest.clone(), sig_tag.clone(), "1.0.0".into()],
+        "the index by digest, then its signature, then the tag"
+    );
+    let sig_ref = reg.repo(&format!("team/app:{sig_tag}"));
+    let manifest = skopeo.raw_json(&sig_ref).await;
+    let layers = manifest["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 1, "{manifest}");
+    let payload_ref = reg.repo(&format!(
+        "team/app@{}",
+        layers[0]["digest"].as_str().unwrap()
+    ));
+    let payload = blob(&payload_ref).await;
+    let claims: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        claims["critical"]["image"]["docker-manifest-digest"],
+        digest
+    );
+    let signature = layers[0]["annotations"]["dev.cosignproject.cosign/signature"]
+        .as_str()
+        .expect("signature annotation");
+    let public = sigstore::crypto::CosignVerificationKey::try_from_pem(PUBLIC.as_bytes()).unwrap();
+    public
+        .verify_signature(
+            sigstore::crypto::Signature::Base64Encoded(signature.as_bytes()),
+            &payload,
+        )
+        .expect("the signature verifies with the public key");
+
+    // the same index again, to another tag: signed already, so no second signature
+    let sig_manifest = skopeo.raw(&sig_ref).await.unwrap();
+    let out = signed(args("latest"), KEY_PASSWORD).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.last_line(), digest);
+    assert_eq!(skopeo.raw(&sig_ref).await.unwrap(), sig_manifest);
+    assert_eq!(
+        manifest_puts(&reg.log(), "team/app")[before + 3..],
+        [digest, "latest".into()],
+        "a re-publish pushes the index and the tag, not the signature"
+    );
+}
+
+/// The blob at `reference` (`host/repo@digest`), read over plain HTTP.
+async fn blob(reference: &str) -> Vec<u8> {
+    multiarch_operator::install_crypto_provider();
+    let (repo, digest) = reference.split_once('@').expect("a digest reference");
+    let (host, path) = repo.split_once('/').expect("host/path");
+    let url = format!("http://{host}/v2/{path}/blobs/{digest}");
+    let response = reqwest::get(&url).await.expect("GET blob");
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    let bytes = response.bytes().await.expect("blob body").to_vec();
+    assert_eq!(sha256(&bytes), digest, "{url}");
+    bytes
+}

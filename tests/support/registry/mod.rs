@@ -352,6 +352,17 @@ pub async fn publish_logging(
     extra_path: Option<&Path>,
     level: &str,
 ) -> Output {
+    publish_with_env(args, docker_config, extra_path, level, &[]).await
+}
+
+/// [`publish_logging`] with more environment variables (`COSIGN_PASSWORD`).
+pub async fn publish_with_env(
+    args: &[String],
+    docker_config: &Path,
+    extra_path: Option<&Path>,
+    level: &str,
+    env: &[(&str, &str)],
+) -> Output {
     let bin = std::env::var("PUBLISH_TEST_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_multiarch-operator").to_string());
     let mut cmd = tokio::process::Command::new(bin);
@@ -360,6 +371,7 @@ pub async fn publish_logging(
         .env("DOCKER_CONFIG", docker_config)
         .env("RUST_LOG", level)
         .env_remove("HOME")
+        .envs(env.iter().copied())
         .kill_on_drop(true);
     if let Some(dir) = extra_path {
         let path = std::env::var_os("PATH").unwrap_or_default();
