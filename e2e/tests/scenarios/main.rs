@@ -18,3 +18,4 @@ mod quota;
 mod release;
 mod secrets;
 mod source;
+mod supply_chain;
