@@ -2,7 +2,7 @@
 # Builds the end-to-end environment's tools from their pinned Go modules and caches the
 # binaries outside the repository, keyed by version. A warm run only checks the cache.
 #
-# The leaf tools (helm, crane, Flux's controllers and the kstatus program) share one module,
+# The leaf tools (helm, crane, cosign, Flux's controllers and the kstatus program) share one module,
 # e2e/tools/leaf, so their dependencies resolve once and compile once: whichever of them are
 # missing are built in one `go build`. Their cache keys carry that module's hash, so a change of
 # the module builds them again. The others each have their own module, e2e/tools/TOOL: KWOK v0.7.0
@@ -23,7 +23,7 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 mkdir -p "$cache/bin"
 log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-leaf_tools=(helm crane flux kstatus)
+leaf_tools=(helm crane cosign flux kstatus)
 is_leaf() { [[ " ${leaf_tools[*]} " == *" $1 "* ]]; }
 # the shared module's hash (go.mod and go.sum): part of each leaf tool's cache key
 leaf_hash() { cat "$here/leaf/go.mod" "$here/leaf/go.sum" | sha256sum | cut -c1-12; }
@@ -36,11 +36,14 @@ tool_module() {
     kwok) echo "sigs.k8s.io/kwok $KWOK_VERSION";;
     helm) echo "helm.sh/helm/v3 $HELM_VERSION-leaf-$(leaf_hash)";;
     crane) echo "github.com/google/go-containerregistry $CRANE_VERSION-leaf-$(leaf_hash)";;
+    cosign) echo "github.com/sigstore/cosign/v3 $COSIGN_VERSION-leaf-$(leaf_hash)";;
     buildkit) echo "github.com/moby/buildkit $BUILDKIT_VERSION";;
     karpenter) echo "sigs.k8s.io/karpenter $KARPENTER_VERSION";;
     flux) echo "github.com/fluxcd/kustomize-controller $FLUX_VERSION-leaf-$(leaf_hash)";;
     # the verdict program: keyed by the library's version, the module and the program's own source
     kstatus) echo "github.com/fluxcd/cli-utils $KSTATUS_VERSION-leaf-$(leaf_hash)-$(sha256sum "$here/leaf/kstatus/main.go" | cut -c1-12)";;
+    # BuildKit's SBOM scanner protocol around syft: keyed by syft's version and the module's files
+    sbom-scanner) echo "github.com/anchore/syft $SYFT_VERSION-$(cat "$here"/sbom-scanner/{go.mod,go.sum,main.go} 2>/dev/null | sha256sum | cut -c1-12)";;
     # the publish benchmark's peers, built only by e2e/tools/bench-peers.sh
     regctl) echo "github.com/regclient/regclient $REGCTL_VERSION";;
     oras) echo "oras.land/oras $ORAS_VERSION";;
@@ -55,6 +58,8 @@ tool_packages() {
     kwok) echo sigs.k8s.io/kwok/cmd/kwok;;
     helm) echo helm.sh/helm/v3/cmd/helm;;
     crane) echo github.com/google/go-containerregistry/cmd/crane;;
+    cosign) echo github.com/sigstore/cosign/v3/cmd/cosign;;
+    sbom-scanner) echo .;;
     buildkit) echo github.com/moby/buildkit/cmd/{buildkitd,buildctl};;
     karpenter) echo sigs.k8s.io/karpenter/kwok;;
     flux) echo github.com/fluxcd/{source-controller,kustomize-controller};;
@@ -80,6 +85,7 @@ binary_name() { # package -> binary name
   case $1 in
     go.etcd.io/etcd/server/v3) echo etcd;;
     sigs.k8s.io/karpenter/kwok) echo karpenter-kwok;; # not `kwok`, which is KWOK itself
+    .) echo sbom-scanner;;
     *) basename "$1";;
   esac
 }
@@ -93,7 +99,8 @@ cold_estimate() {
     kwok) echo "about 2 minutes";;
     buildkit) echo "about 2 minutes";;
     karpenter) echo "about 2 minutes, with its Go toolchain";;
-    leaf) echo "about 5 minutes when helm, crane, both Flux controllers and kstatus are all built";;
+    leaf) echo "about 7 minutes when helm, crane, cosign, both Flux controllers and kstatus are all built";;
+    sbom-scanner) echo "about 3 minutes";;
     regctl) echo "about 25 seconds";;
     oras) echo "about 45 seconds";;
     buildx) echo "about 3 minutes";;
@@ -111,6 +118,12 @@ regen() {
     export GOTOOLCHAIN
     GOTOOLCHAIN=$(tool_toolchain "$tool")
     go mod init "multiarch-operator.e2e/tools/$tool" >/dev/null 2>&1
+    if [ "$tool" = sbom-scanner ]; then
+      # a program of the suite's own (main.go) with syft as a library
+      go get "$mod@${version%%-*}"
+      go mod tidy
+      exit 0
+    fi
     if [ "$tool" = kubernetes ]; then
       # k/k requires its staging modules at v0.0.0: replace each with the matching v0.Y.Z
       local kk staging
@@ -143,6 +156,8 @@ regen_leaf() {
     go mod edit -replace github.com/opencontainers/go-digest=github.com/opencontainers/go-digest@v1.0.1-0.20220411205349-bde1400a84be
     go get -tool "github.com/fluxcd/kustomize-controller@$FLUX_VERSION" "github.com/fluxcd/source-controller@$FLUX_VERSION"
     go get -tool "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
+    # cosign shares most of its graph with source-controller (which verifies with its libraries)
+    go get -tool "github.com/sigstore/cosign/v3/cmd/cosign@$COSIGN_VERSION"
     go get "github.com/fluxcd/cli-utils@$KSTATUS_VERSION"
     # -e: a test-only dependency of source-controller is not served
     go mod tidy -e
@@ -177,6 +192,7 @@ build() {
       helm) ldflags+=("-X helm.sh/helm/v3/internal/version.version=$version");;
       kwok) ldflags+=("-X sigs.k8s.io/kwok/pkg/consts.Version=$version");;
       buildx) ldflags+=("-X github.com/docker/buildx/version.Version=$version");;
+      cosign) ldflags+=("-X sigs.k8s.io/release-utils/version.gitVersion=$version");;
     esac
     local tool_pkgs
     read -r -a tool_pkgs < <(tool_packages "$tool")
@@ -232,7 +248,7 @@ finish() {
 
 # the tools the tests use; the publish benchmark's peers (regctl, oras, buildx) are built only by
 # e2e/tools/bench-peers.sh
-all=(kubernetes etcd kwok buildkit karpenter "${leaf_tools[@]}")
+all=(kubernetes etcd kwok buildkit karpenter sbom-scanner "${leaf_tools[@]}")
 if [ "${1:-}" = --regen ]; then shift; for t in "$@"; do regen "$t"; done; exit 0; fi
 [ $# -gt 0 ] || set -- "${all[@]}"
 leaf=()
