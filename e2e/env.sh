@@ -214,7 +214,7 @@ EOF
   # real BuildKit for the builder double's real mode, and the base images the sample builds FROM
   local buildkit_bin
   buildkit_bin=$("$here/buildkit/install.sh" "$bin" | tail -n1)
-  python3 "$here/buildkit/base_images.py" "127.0.0.1:$REGISTRY_PORT"
+  python3 "$here/buildkit/base_images.py" "127.0.0.1:$REGISTRY_PORT" "$bin/sbom-scanner"
 
   karpenter
   flux

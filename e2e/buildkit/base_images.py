@@ -4,11 +4,14 @@
 
   base/busybox  linux/amd64 + linux/arm64 index: Debian's busybox-static, /bin/sh and applets
   base/golang   linux/amd64: that busybox plus the Go toolchain installed on this machine
+  buildkit/sbom-scanner:e2e  linux/amd64: the suite's SBOM generator (e2e/tools/sbom-scanner,
+                syft behind BuildKit's scanner protocol), when its binary is given
 
 Layers are built once and cached (deterministic tar.gz) under ~/.cache/multiarch-operator/base-images;
 a run with a warm cache only pushes.
 
-  base_images.py REGISTRY (host:port, plain HTTP)
+  base_images.py REGISTRY [SCANNER]   (REGISTRY: host:port, plain HTTP; SCANNER: the scanner's
+                                      static linux/amd64 binary)
 """
 
 import gzip
@@ -172,10 +175,22 @@ class Registry:
         return {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
 
 
-def image(reg, repo, arch, layers, env):
+def scanner_layer(binary):
+    data = open(binary, "rb").read()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        add_dir(tar, "bin")
+        add_dir(tar, "tmp", 0o1777)
+        info = tarfile.TarInfo("bin/sbom-scanner")
+        info.size, info.mode, info.mtime = len(data), 0o755, 0
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def image(reg, repo, arch, layers, env, command=None):
     config = {
         "architecture": arch, "os": "linux",
-        "config": {"Env": env, "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+        "config": {"Env": env, "WorkingDir": "/", **(command or {"Cmd": ["/bin/sh"]})},
         "rootfs": {"type": "layers", "diff_ids": [diff for _, diff in layers]},
     }
     config_blob = json.dumps(config, separators=(",", ":")).encode()
@@ -207,6 +222,18 @@ def main():
     reg.manifest("base/golang", "latest", OCI_INDEX,
                  {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [golang]})
     log(f"pushed base/busybox (amd64, arm64) and base/golang ({version}, amd64) to {sys.argv[1]}")
+
+    if len(sys.argv) > 2:
+        # BuildKit runs a generator's entrypoint with the BUILDKIT_SCAN_* variables
+        binary = sys.argv[2]
+        with open(binary, "rb") as f:
+            key = hashlib.sha256(f.read()).hexdigest()[:16]
+        layer = cached_layer(f"sbom-scanner-{key}", lambda: scanner_layer(binary))
+        scanner = image(reg, "buildkit/sbom-scanner", "amd64", [layer], ["PATH=/bin"],
+                        {"Entrypoint": ["/bin/sbom-scanner"]})
+        reg.manifest("buildkit/sbom-scanner", "e2e", OCI_INDEX,
+                     {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [scanner]})
+        log(f"pushed buildkit/sbom-scanner:e2e (amd64) to {sys.argv[1]}")
 
 
 if __name__ == "__main__":

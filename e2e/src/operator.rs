@@ -181,6 +181,9 @@ pub fn start(options: &Options) -> u32 {
     if !options.karpenter {
         args.extend(static_node_args());
     }
+    // the suite's SBOM scanner (syft behind BuildKit's protocol), which env.sh pushes
+    args.push("--sbom-scanner-image".to_string());
+    args.push(format!("{}/buildkit/sbom-scanner:e2e", env.registry));
     args.extend(options.args.iter().cloned());
     let mut vars = vec![(
         "KUBECONFIG".to_string(),
