@@ -38,16 +38,21 @@ fn cosign(args: &[&str], dir: &Path) -> std::process::Output {
 /// `cosign verify` of `image` with the public key `key`, key-based and without a transparency
 /// log, as the README tells users to run it.
 fn verify(image: &str, key: &Path) -> std::process::Output {
+    verify_with(image, &key.display().to_string())
+}
+
+/// `cosign verify` of `image` with the key reference `key` (a file or `k8s://NS/SECRET`).
+fn verify_with(image: &str, key: &str) -> std::process::Output {
     cosign(
         &[
             "verify",
             "--key",
-            &key.display().to_string(),
+            key,
             "--insecure-ignore-tlog=true",
             "--allow-http-registry=true",
             image,
         ],
-        key.parent().expect("the key's folder"),
+        &std::env::temp_dir(),
     )
 }
 
@@ -232,6 +237,16 @@ async fn a_signed_index_verifies_with_cosign_and_each_platforms_sbom_lists_the_g
             index_digest.as_str()
         );
     }
+    // the public key straight from the Secret, as the README shows
+    let from_secret = verify_with(
+        &format!("{}/{ns}/app:1.0.0", env().registry),
+        &format!("k8s://{ns}/cosign"),
+    );
+    assert!(
+        from_secret.status.success(),
+        "cosign verify --key k8s://{ns}/cosign: {}",
+        String::from_utf8_lossy(&from_secret.stderr)
+    );
     let wrong = verify(
         &format!("{}/{ns}/app:1.0.0", env().registry),
         &other.join("cosign.pub"),
