@@ -43,6 +43,11 @@ struct RunArgs {
     /// Objects reconciled at once.
     #[arg(long, env = "MULTIARCH_CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
+    /// How long an object's changes settle before it is reconciled: the changes that arrive
+    /// within it (two builders starting, the last builder ending and its Job completing) are
+    /// looked at once and share one status write. From 0 (each change at once) to 5s.
+    #[arg(long, env = "MULTIARCH_RECONCILE_DEBOUNCE", default_value = "500ms")]
+    reconcile_debounce: String,
     /// Default BuildKit image of builders (rootless).
     #[arg(long, env = "MULTIARCH_BUILDER_IMAGE", default_value = DEFAULT_BUILDER_IMAGE)]
     builder_image: String,
@@ -256,6 +261,7 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
     Ok(Settings {
         namespaces: args.namespace.iter().cloned().collect(),
         concurrency: args.concurrency,
+        debounce: parse_debounce(&args.reconcile_debounce)?,
         defaults,
         instance,
         registry_plain_http: args.registry_plain_http,
@@ -267,6 +273,21 @@ fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
         min_poll_interval: parse_duration(&args.min_poll_interval)?,
         base_image_interval: parse_duration(&args.base_image_interval)?,
     })
+}
+
+/// `--reconcile-debounce`: a duration jiff reads (`500ms`, `1s`, `0s`), at most 5 s (a longer
+/// one would hold back what users see).
+fn parse_debounce(s: &str) -> anyhow::Result<std::time::Duration> {
+    let parsed: jiff::SignedDuration = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--reconcile-debounce: {s:?} is not a duration like 500ms"))?;
+    let d = std::time::Duration::try_from(parsed)
+        .map_err(|_| anyhow::anyhow!("--reconcile-debounce: {s} is negative"))?;
+    anyhow::ensure!(
+        d <= std::time::Duration::from_secs(5),
+        "--reconcile-debounce: {s} is over 5s"
+    );
+    Ok(d)
 }
 
 /// The operator-wide builder defaults from the flags.
@@ -384,6 +405,18 @@ mod tests {
             Ok(Command::Run(args)) => *args,
             Ok(_) => panic!("not run"),
             Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_debounce_reads_milliseconds_and_stays_short() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(parse_debounce("500ms").unwrap(), ms(500));
+        assert_eq!(parse_debounce("0s").unwrap(), ms(0));
+        assert_eq!(parse_debounce("5s").unwrap(), ms(5000));
+        for bad in ["6s", "1m", "-1s", "soon", ""] {
+            let e = parse_debounce(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--reconcile-debounce"), "{bad}: {e}");
         }
     }
 

@@ -92,6 +92,7 @@ pub(super) async fn execute(
         retry_after: None,
     };
     let mut created = false;
+    let mut admitted = Vec::new();
     for action in &plan.actions {
         match action {
             Action::CreateBuilder {
@@ -107,7 +108,7 @@ pub(super) async fn execute(
                     attempt: *attempt,
                     defaults: &ctx.settings.defaults,
                 });
-                let admission = create_builder(ctx, &ns, &job).await?;
+                let admission = create_builder(ctx, &ns, &job, &mut admitted).await?;
                 created |= record_admission(&mut done, prev, platform, &job, admission, now)?;
             }
             Action::StopBuilder {
@@ -165,17 +166,27 @@ fn record_admission(
     }
 }
 
-/// Creates a builder Job. First its pod is created with `dryRun`, so that Pod Security
-/// admission (or any policy) that would refuse the Job's pods answers now, with its message,
-/// instead of leaving the Job without pods.
-async fn create_builder(ctx: &Context, ns: &str, job: &Job) -> Result<Admission, Error> {
+/// Creates a builder Job: two writes, the Job itself and, before it, a `dryRun` create of its pod,
+/// so that Pod Security admission (or any policy, or the quota) that would refuse the Job's pods
+/// answers now, with its message, instead of leaving a Job without pods. The dry run is skipped
+/// when a builder of this reconcile with the same [`admission_key`] was just admitted.
+async fn create_builder(
+    ctx: &Context,
+    ns: &str,
+    job: &Job,
+    admitted: &mut Vec<serde_json::Value>,
+) -> Result<Admission, Error> {
     let name = job.name_any();
     let jobs = Api::<Job>::namespaced(ctx.client.clone(), ns);
     if let Some(existing) = get_job(&jobs, &name).await? {
         return Ok(adopt(job, &existing));
     }
-    if let Some(refused) = dry_run_pod(ctx, ns, job).await? {
-        return Ok(refused);
+    let key = admission_key(job);
+    if !admitted.contains(&key) {
+        if let Some(refused) = dry_run_pod(ctx, ns, job).await? {
+            return Ok(refused);
+        }
+        admitted.push(key);
     }
     let pp = PostParams {
         dry_run: false,
@@ -199,6 +210,29 @@ async fn create_builder(ctx: &Context, ns: &str, job: &Job) -> Result<Admission,
         Some(Refusal::Quota(message)) => Ok(Admission::WaitingForQuota(message)),
         None => Err(Error::CreateJob { name, source }),
     }
+}
+
+/// What admission sees of a builder's pod, less what differs between the platforms of one build:
+/// its pod template without labels and annotations (the platform, the attempt), without the
+/// builder's arguments (the platform, its cache) and without the platform's own
+/// `kubernetes.io/arch` and `kubernetes.io/os` selector. Builders whose keys are equal get the
+/// same answer from Pod Security admission and from policies on their security context,
+/// resources, tolerations, volumes and account, so one dry run answers for all of them; a
+/// platform override (resources, tolerations, node selector) makes its key differ.
+fn admission_key(job: &Job) -> serde_json::Value {
+    let template = job.spec.as_ref().map(|s| s.template.clone());
+    let mut key = serde_json::to_value(template.and_then(|t| t.spec)).unwrap_or_default();
+    if let Some(selector) = key.get_mut("nodeSelector").and_then(|s| s.as_object_mut()) {
+        selector.remove("kubernetes.io/arch");
+        selector.remove("kubernetes.io/os");
+    }
+    let containers = key.get_mut("containers").and_then(|c| c.as_array_mut());
+    for container in containers.into_iter().flatten() {
+        if let Some(container) = container.as_object_mut() {
+            container.remove("args");
+        }
+    }
+    key
 }
 
 async fn get_job(jobs: &Api<Job>, name: &str) -> Result<Option<Job>, Error> {
@@ -323,8 +357,14 @@ async fn delete_builder(ctx: &Context, ns: &str, name: &str) -> Result<(), Error
     Ok(())
 }
 
-/// Publishes the index. The status says `Publishing` before anything is written to the
-/// registry.
+/// How long publishing may take before the status says `Publishing`. A publish is a few
+/// registry requests (2N+T); one that ends sooner goes straight from `Building` to its outcome
+/// in one status write, and a slow one (a registry that hangs) is said while it lasts.
+const PUBLISHING_SHOWN_AFTER: Duration = Duration::from_secs(1);
+
+/// Publishes the index. The status says `Publishing` once publishing has taken
+/// [`PUBLISHING_SHOWN_AFTER`]; a restart in between publishes again (the index is deterministic,
+/// so the same digest), so that write is for users, not for recovery.
 async fn publish(
     ctx: &Context,
     obj: &MultiArchImage,
@@ -332,10 +372,23 @@ async fn publish(
     prev: &MultiArchImageStatus,
     done: &mut Executed,
 ) -> Result<(), Error> {
-    write_status(ctx, obj, prev, &done.status).await?;
-    crate::failpoint::pause(crate::failpoint::PAUSE_BEFORE_PUBLISH).await;
     let started = std::time::Instant::now();
-    let outcome = match publishing::publish(ctx, obj, desired, &done.status).await {
+    let result = {
+        let status = &done.status;
+        let publishing = async {
+            crate::failpoint::pause(crate::failpoint::PAUSE_BEFORE_PUBLISH).await;
+            publishing::publish(ctx, obj, desired, status).await
+        };
+        tokio::pin!(publishing);
+        tokio::select! {
+            result = &mut publishing => result,
+            () = tokio::time::sleep(PUBLISHING_SHOWN_AFTER) => {
+                write_status(ctx, obj, prev, status).await?;
+                publishing.await
+            }
+        }
+    };
+    let outcome = match result {
         Ok(outcome) => outcome,
         // said in the status at once, and retried; not an error of the reconcile
         Err(
@@ -401,6 +454,45 @@ mod tests {
         // a quota that needs limits the pod lacks is not waited for
         let limits = "pods \"b\" is forbidden: failed quota: q: must specify limits.cpu";
         assert!(rejected(&api(403, limits)).is_some());
+    }
+
+    fn rendered(spec: serde_json::Value, platform: &str) -> Job {
+        let obj = crate::validate::tests::object(spec);
+        let mut defaults = crate::config::BuilderDefaults::default();
+        defaults.guardrails.allow_tolerations = true;
+        let desired = crate::validate::validate(&obj, &defaults).unwrap();
+        render_job(&BuilderInput {
+            object: &obj,
+            desired: &desired,
+            platform: &platform.parse().unwrap(),
+            commit: "4f1a528c0ffee0000000000000000000000000ab",
+            attempt: 1,
+            defaults: &defaults,
+        })
+    }
+
+    #[test]
+    fn one_dry_run_answers_for_the_platforms_whose_pods_differ_only_by_platform() {
+        let plain = serde_json::json!({});
+        let amd64 = rendered(plain.clone(), "linux/amd64");
+        let arm64 = rendered(plain.clone(), "linux/arm64");
+        assert_ne!(amd64, arm64);
+        assert_eq!(admission_key(&amd64), admission_key(&arm64));
+        // what admission judges besides the platform keeps keys apart: an override's resources,
+        // tolerations or node selector
+        for value in [
+            serde_json::json!({"resources": {"requests": {"cpu": "8"}}}),
+            serde_json::json!({"tolerations": [{"key": "arm", "operator": "Exists"}]}),
+            serde_json::json!({"nodeSelector": {"karpenter.sh/capacity-type": "on-demand"}}),
+        ] {
+            let mut override_ = value.as_object().unwrap().clone();
+            override_.insert("platform".into(), "linux/arm64".into());
+            let spec = serde_json::json!({"platformOverrides": [override_]});
+            let arm64 = rendered(spec.clone(), "linux/arm64");
+            assert_ne!(admission_key(&amd64), admission_key(&arm64), "{value}");
+            let amd64_too = rendered(spec, "linux/amd64");
+            assert_eq!(admission_key(&amd64), admission_key(&amd64_too), "{value}");
+        }
     }
 
     #[test]

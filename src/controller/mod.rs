@@ -46,6 +46,9 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Objects reconciled at once.
     pub concurrency: u16,
+    /// How long an object's changes settle before it is reconciled (kube-runtime's trailing-edge
+    /// debounce): changes within it share one reconcile, and so one status write.
+    pub debounce: std::time::Duration,
     pub defaults: BuilderDefaults,
     /// Name reported on Events (the pod name in a cluster).
     pub instance: String,
@@ -291,14 +294,16 @@ async fn run_controller(
             }
         });
 
-    let concurrency = settings.concurrency;
+    let config = kube::runtime::controller::Config::default()
+        .concurrency(settings.concurrency)
+        .debounce(settings.debounce);
     let ctx = context(client, settings, job_store, pod_store, metrics);
 
     info!("starting the MultiArchImage controller");
     let pod_owners = ctx.jobs.clone();
     set_ready_once_synced(readiness, &ctx, object_store.clone());
     Controller::for_stream(objects, object_store)
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .with_config(config)
         .owns_stream(jobs)
         .watches_stream(pods, move |pod: Pod| owner_of_pod(&pod, &pod_owners))
         .graceful_shutdown_on(stop)

@@ -287,7 +287,8 @@ impl Drop for FrozenRegistry {
 }
 
 /// A registry that stops answering while the operator publishes (its process stopped during the
-/// operator's fail-point pause after writing `Publishing`): the status says so within the
+/// operator's fail-point pause before publishing, once the status says `Publishing`, which a
+/// publish that lasts over a second shows): the status says so within the
 /// registry client's deadline, in progress (`Reconciling`/`Ready=False` with
 /// `RegistryUnavailable`, the error and the next try; kstatus InProgress), never `Stalled`; once
 /// the registry answers again the index is published.
