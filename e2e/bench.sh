@@ -2,8 +2,10 @@
 # Benchmarks of the operator on the local control plane (e2e/env.sh), printing figures:
 #
 #   1. Kubernetes API requests per completed two-platform build (counted by the operator itself:
-#      its multiarch_kube_api_requests_total metric, by verb), over BUILDS builds, and the time
-#      each build took with the synthetic builder double.
+#      its multiarch_kube_api_requests_total metric, by verb), over BUILDS builds, and each build's
+#      steps with the synthetic builder double, as a watching client sees them
+#      (e2e/bench-steps.py): apply -> both builder Jobs created, the last builder pod done ->
+#      Ready.
 #   2. With IDLE finished MultiArchImage objects: the operator's memory (VmRSS and peak VmHWM from
 #      /proc) once its caches are synced and every object was reconciled, the requests it made at
 #      start-up, and the API writes it made over an idle window (the target is zero).
@@ -19,7 +21,8 @@
 # needs many builders at once); part 3 gives them to Karpenter.
 #
 #   e2e/bench.sh             BUILDS=5 IDLE=1000 IDLE_WINDOW=60 POLLED=1000 POLL_INTERVAL=1m
-#                            POLL_WINDOW=180 KARPENTER_RUNS=2 by default
+#                            POLL_WINDOW=180 KARPENTER_RUNS=2 by default; PARTS=1 runs part 1
+#                            alone (parts 2 and 2b go together, 3 follows them)
 #
 # It uses the release build of the operator (cargo build --release). Timed figures vary with
 # the machine; nothing here fails on a number.
@@ -29,6 +32,7 @@ root=$(cd "$here/.." && pwd)
 state=${E2E_STATE:-/tmp/multiarch-e2e}
 BUILDS=${BUILDS:-5} IDLE=${IDLE:-1000} IDLE_WINDOW=${IDLE_WINDOW:-60} KARPENTER_RUNS=${KARPENTER_RUNS:-2}
 POLLED=${POLLED:-1000} POLL_INTERVAL=${POLL_INTERVAL:-1m} POLL_WINDOW=${POLL_WINDOW:-180}
+PARTS=${PARTS:-1 2 3} # part 1 alone: PARTS=1
 METRICS=127.0.0.1:18191 HEALTH=127.0.0.1:18181
 
 (cd "$root" && cargo build --release -q)
@@ -78,8 +82,8 @@ writes = sum(v for k, v in diff.items() if k in ("create", "update", "patch", "d
 print(f"{total / n:.1f} requests ({writes / n:.1f} writes): " + ", ".join(f"{k} {v / n:.1f}" for k, v in diff.items() if v))
 EOF
 }
-apply_build() { # name repository tag run: a two-platform MultiArchImage in namespace bench
-  kubectl apply -f - >/dev/null <<EOF
+manifest() { # name repository tag run: a two-platform MultiArchImage in namespace bench
+  cat <<EOF
 apiVersion: multiarch.dev/v1alpha1
 kind: MultiArchImage
 metadata: {name: $1, namespace: bench}
@@ -91,6 +95,7 @@ spec:
   buildArgs: [{name: RUN, value: "$4"}]
 EOF
 }
+apply_build() { manifest "$@" | kubectl apply -f - >/dev/null; }
 clone() { # source prefix count: copies of a finished object (same spec, so the same build) with
   # its status, like objects built and published long ago; needs the API proxy on port 18199
   python3 - "$@" <<'EOF'
@@ -128,18 +133,29 @@ start
 echo "== API requests per completed two-platform build ($BUILDS builds, one at a time)"
 before=$(requests)
 started=$SECONDS
+steps=()
 for i in $(seq "$BUILDS"); do
-  t0=$(date +%s.%N)
-  apply_build "build-$i" app "$i.0.0" "$i"
-  kubectl wait -n bench "mai/build-$i" --for=condition=Ready --timeout=120s >/dev/null
-  echo "  build $i: $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")s from apply to Ready"
+  # the steps as a watching client sees them: apply -> both builder Jobs created, the last builder
+  # pod Succeeded, the object Ready
+  step=$(manifest "build-$i" app "$i.0.0" "$i" | python3 "$here/bench-steps.py" bench "build-$i" 2)
+  steps+=("$step")
+  echo "  build $i: $(python3 -c 'import json, sys; s = json.loads(sys.argv[1]); print("apply -> builders created %.2fs, last builder done %.2fs, Ready %.2fs" % (s["builders_created"], s["last_builder_done"], s["ready"]))' "$step")"
 done
+python3 - "${steps[@]}" <<'EOF'
+import json, statistics, sys
+s = [json.loads(a) for a in sys.argv[1:]]
+created = [x["builders_created"] for x in s]
+to_ready = [x["ready"] - x["last_builder_done"] for x in s]
+print(f"  median: apply -> builders created {statistics.median(created):.2f}s (max {max(created):.2f}s); "
+      f"last builder done -> Ready {statistics.median(to_ready):.2f}s (max {max(to_ready):.2f}s)")
+EOF
 sleep 2 # the last status write's own watch event settles
 after=$(requests)
 echo "  per build: $(delta "$before" "$after" "$BUILDS")"
 echo "  (the operator's watches are opened once at start-up and are not in these figures: $(requests))"
 stop
 
+if [[ " $PARTS " != *" 2 "* ]]; then echo "(parts 2, 2b and 3 not asked for: PARTS=\"$PARTS\")"; exit 0; fi
 echo "== $IDLE idle (Succeeded) MultiArchImage objects"
 kubectl proxy --port=18199 >/dev/null 2>&1 &
 proxy=$!

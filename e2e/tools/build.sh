@@ -99,7 +99,7 @@ cold_estimate() {
     kwok) echo "about 2 minutes";;
     buildkit) echo "about 2 minutes";;
     karpenter) echo "about 2 minutes, with its Go toolchain";;
-    leaf) echo "about 7 minutes when helm, crane, cosign, both Flux controllers and kstatus are all built";;
+    leaf) echo "about 4 to 5 minutes when helm, crane, cosign, both Flux controllers and kstatus are all built";;
     sbom-scanner) echo "about 3 minutes";;
     regctl) echo "about 25 seconds";;
     oras) echo "about 45 seconds";;
