@@ -16,13 +16,17 @@
 #   3. On real Karpenter (builders may use only the nodes it launches), KARPENTER_RUNS two-platform
 #      builds from no Karpenter node: apply -> a NodeClaim per architecture, -> each builder bound
 #      to a node, -> Ready, and the last builder finished -> the nodes gone (consolidation).
+#   4. Scale: BUSY two-platform objects created at once (8 client threads, the apiserver's pace)
+#      whose builders never finish, on big KWOK nodes: when every builder Job exists and at what
+#      rate, against the rate the objects themselves were created; the operator's requests per
+#      object, the apiserver's mean latency by verb meanwhile (its own histogram), and memory.
 #
 # Parts 1 and 2 keep builders on the environment's static nodes (the static-node mode, for what
 # needs many builders at once); part 3 gives them to Karpenter.
 #
 #   e2e/bench.sh             BUILDS=5 IDLE=1000 IDLE_WINDOW=60 POLLED=1000 POLL_INTERVAL=1m
-#                            POLL_WINDOW=180 KARPENTER_RUNS=2 by default; PARTS=1 runs part 1
-#                            alone (parts 2 and 2b go together, 3 follows them)
+#                            POLL_WINDOW=180 KARPENTER_RUNS=2 BUSY=1000 by default; PARTS="1 4"
+#                            runs parts 1 and 4 alone (2 runs 2, 2b and 3, after 1)
 #
 # It uses the release build of the operator (cargo build --release). Timed figures vary with
 # the machine; nothing here fails on a number.
@@ -32,7 +36,9 @@ root=$(cd "$here/.." && pwd)
 state=${E2E_STATE:-/tmp/multiarch-e2e}
 BUILDS=${BUILDS:-5} IDLE=${IDLE:-1000} IDLE_WINDOW=${IDLE_WINDOW:-60} KARPENTER_RUNS=${KARPENTER_RUNS:-2}
 POLLED=${POLLED:-1000} POLL_INTERVAL=${POLL_INTERVAL:-1m} POLL_WINDOW=${POLL_WINDOW:-180}
-PARTS=${PARTS:-1 2 3} # part 1 alone: PARTS=1
+PARTS=${PARTS:-1 2 3 4} # part 1 alone: PARTS=1
+BUSY=${BUSY:-1000}
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 METRICS=127.0.0.1:18191 HEALTH=127.0.0.1:18181
 
 (cd "$root" && cargo build --release -q)
@@ -129,6 +135,7 @@ mem() { awk '/^VmRSS|^VmHWM/ {printf "%s %.1f MiB  ", $1, $2 / 1024}' "/proc/$1/
 
 : >"$state/bench-operator.log"
 kubectl create namespace bench >/dev/null
+if want 1; then
 start
 echo "== API requests per completed two-platform build ($BUILDS builds, one at a time)"
 before=$(requests)
@@ -155,7 +162,9 @@ echo "  per build: $(delta "$before" "$after" "$BUILDS")"
 echo "  (the operator's watches are opened once at start-up and are not in these figures: $(requests))"
 stop
 
-if [[ " $PARTS " != *" 2 "* ]]; then echo "(parts 2, 2b and 3 not asked for: PARTS=\"$PARTS\")"; exit 0; fi
+fi
+
+if want 2; then # parts 2, 2b and 3 (part 2 copies part 1's first object)
 echo "== $IDLE idle (Succeeded) MultiArchImage objects"
 kubectl proxy --port=18199 >/dev/null 2>&1 &
 proxy=$!
@@ -255,3 +264,105 @@ if finished is not None and "nodes gone" in seen:
 EOF
 done
 stop
+fi
+
+if want 4; then
+echo "== $BUSY two-platform objects building at once (builders that never finish), next to $(kubectl get mai -A --no-headers 2>/dev/null | wc -l) other objects"
+# room for every builder: big KWOK nodes per architecture, copies of the static ones (KWOK runs
+# no containers; the builder double leaves builders of the `hang` fault running)
+for arch in amd64 arm64; do
+  kubectl get node "kwok-$arch-1" -o json | python3 -c '
+import json, sys
+n = json.load(sys.stdin)
+for i in range(1, 4):
+    m = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"bench-{sys.argv[1]}-{i}",
+         "labels": {**n["metadata"]["labels"], "kubernetes.io/hostname": f"bench-{sys.argv[1]}-{i}"},
+         "annotations": {k: v for k, v in n["metadata"].get("annotations", {}).items() if k.startswith("kwok")}},
+         "spec": {"taints": n["spec"].get("taints", [])},
+         "status": {**n["status"], "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "1000", "ephemeral-storage": "100Ti"},
+                    "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "1000", "ephemeral-storage": "100Ti"}}}
+    print(json.dumps(m))' "$arch" | kubectl apply -f - >/dev/null
+done
+kubectl create namespace bench-busy >/dev/null
+start
+apilat() { # the apiserver's own mean request latency by verb (its request-duration histogram)
+  kubectl get --raw /metrics | python3 -c '
+import re, sys
+acc = {}
+for line in sys.stdin:
+    m = re.match(r"apiserver_request_duration_seconds_(sum|count)\{(.*)\} (\S+)", line)
+    if not m: continue
+    labels = dict(re.findall(r"(\w+)=\"([^\"]*)\"", m.group(2)))
+    if labels.get("resource") not in ("jobs", "pods", "multiarchimages", "events"): continue
+    key = labels["verb"] + " " + labels["resource"]
+    acc.setdefault(key, [0.0, 0.0])[0 if m.group(1) == "sum" else 1] += float(m.group(3))
+print(" ".join(f"{k.replace(chr(32), chr(47))}={s}:{c}" for k, (s, c) in sorted(acc.items())))'
+}
+lat0=$(apilat) before=$(requests)
+kubectl proxy --port=18199 >/dev/null 2>&1 &
+proxy=$!
+until curl -sf http://127.0.0.1:18199/version >/dev/null; do sleep 0.2; done
+python3 - "$BUSY" "$E2E_GIT_URL" "$E2E_REGISTRY" <<'EOF' &
+# creates the objects as fast as 8 client threads can (the apiserver's own pace)
+import json, sys, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+count, git, registry = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+base = "http://127.0.0.1:18199/apis/multiarch.dev/v1alpha1/namespaces/bench-busy/multiarchimages"
+def create(i):
+    obj = {"apiVersion": "multiarch.dev/v1alpha1", "kind": "MultiArchImage",
+           "metadata": {"name": f"busy-{i:04d}", "annotations": {
+               "e2e.multiarch.dev/fault.linux-amd64": "hang", "e2e.multiarch.dev/fault.linux-arm64": "hang"}},
+           "spec": {"source": {"git": {"url": git, "revision": "main"}}, "image": f"{registry}/bench/busy-{i:04d}",
+                    "tags": ["1.0.0"], "platforms": ["linux/amd64", "linux/arm64"]}}
+    req = urllib.request.Request(base, data=json.dumps(obj).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=60).read()
+t0 = time.time()
+with ThreadPoolExecutor(8) as pool:
+    list(pool.map(create, range(count)))
+took = time.time() - t0
+print(f"  objects created in {took:.1f}s ({count / took:.0f}/s, 8 client threads: the apiserver's pace for creates)")
+EOF
+creator=$!
+python3 - "$((2 * BUSY))" <<'EOF'
+# counts the builder Jobs as a watching client sees them, from the first object's creation
+import json, subprocess, sys, time
+want = int(sys.argv[1])
+proc = subprocess.Popen(["kubectl", "get", "jobs", "-n", "bench-busy", "--watch", "-o",
+                         "jsonpath={.metadata.name}{\"\\n\"}"], stdout=subprocess.PIPE, text=True)
+seen, t0, first = set(), time.time(), None
+for line in proc.stdout:
+    seen.add(line.strip())
+    first = first or time.time()
+    if len(seen) in (want // 4, want // 2, want):
+        print(f"  {len(seen)} builder Jobs {time.time() - t0:.1f}s after the creates began")
+    if len(seen) >= want or time.time() - t0 > 1200:
+        break
+proc.kill()
+took = time.time() - t0
+print(f"  every builder: {len(seen)} Jobs in {took:.1f}s ({len(seen) / took:.1f} Jobs/s)")
+EOF
+wait "$creator"
+kill "$proxy"; proxy=
+t0=$SECONDS
+reconciled "$BUSY"
+echo "  the operator idle again $((SECONDS - t0))s after the last Job appeared"
+after=$(requests) lat1=$(apilat)
+echo "  per object: $(delta "$before" "$after" "$BUSY")"
+python3 - "$lat0" "$lat1" <<'EOF'
+import sys
+parse = lambda s: {k: tuple(map(float, v.split(":"))) for k, v in (kv.split("=") for kv in s.split())}
+a, b = parse(sys.argv[1]), parse(sys.argv[2])
+rows = []
+for k in sorted(b):
+    s0, c0 = a.get(k, (0.0, 0.0))
+    s1, c1 = b[k]
+    if c1 - c0 >= 10:
+        rows.append(f"{k} {1000 * (s1 - s0) / (c1 - c0):.0f} ms ({int(c1 - c0)})")
+print("  the apiserver's mean latency meanwhile (requests): " + ", ".join(rows))
+EOF
+echo "  memory: $(mem "$pid")"
+stop
+kubectl delete namespace bench-busy --wait=false >/dev/null
+kubectl delete node bench-amd64-{1,2,3} bench-arm64-{1,2,3} --wait=false >/dev/null
+fi
