@@ -25,7 +25,8 @@
 # needs many builders at once); part 3 gives them to Karpenter.
 #
 #   e2e/bench.sh             BUILDS=5 IDLE=1000 IDLE_WINDOW=60 POLLED=1000 POLL_INTERVAL=1m
-#                            POLL_WINDOW=180 KARPENTER_RUNS=2 BUSY=1000 by default; PARTS="1 4"
+#                            POLL_WINDOW=180 KARPENTER_RUNS=2 BUSY=1000 by default (CONCURRENCY:
+#                            the operator's --concurrency, else its default); PARTS="1 4"
 #                            runs parts 1 and 4 alone (2 runs 2, 2b and 3, after 1)
 #
 # It uses the release build of the operator (cargo build --release). Timed figures vary with
@@ -61,6 +62,7 @@ start() { # [karpenter]: builders go to Karpenter's nodes instead of the static 
   local placement=(--builder-node-selector "$E2E_STATIC_KEY=true"
     --builder-tolerations "[{\"key\":\"$E2E_STATIC_KEY\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}]")
   [ "${1:-}" != karpenter ] || placement=()
+  [ -z "${CONCURRENCY:-}" ] || placement+=(--concurrency "$CONCURRENCY")
   KUBECONFIG="$E2E_OPERATOR_KUBECONFIG" "$OPERATOR" run --registry-plain-http --health-addr $HEALTH \
     --metrics-addr $METRICS --log-level warn "${placement[@]}" >>"$state/bench-operator.log" 2>&1 </dev/null &
   pid=$!
@@ -345,8 +347,14 @@ EOF
 wait "$creator"
 kill "$proxy"; proxy=
 t0=$SECONDS
+until [ "$(kubectl get mai -n bench-busy -o json | python3 -c '
+import json, sys
+items = json.load(sys.stdin)["items"]
+print(sum(1 for o in items if (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"]
+          and len([p for p in o["status"].get("platforms", []) if p.get("builder")]) == 2))')" -ge "$BUSY" ]; do sleep 1; done
+echo "  every object's status names both builders $((SECONDS - t0))s after the last Job appeared"
 reconciled "$BUSY"
-echo "  the operator idle again $((SECONDS - t0))s after the last Job appeared"
+echo "  the operator idle again $((SECONDS - t0))s after the last Job appeared (KWOK running 2,000 pods and the builder double looking at each, on the same 2 cores)"
 after=$(requests) lat1=$(apilat)
 echo "  per object: $(delta "$before" "$after" "$BUSY")"
 python3 - "$lat0" "$lat1" <<'EOF'

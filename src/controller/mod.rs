@@ -247,6 +247,16 @@ pub async fn run(
     }
 }
 
+/// What the caches keep of a watched object: not its managed fields, nor the copy of the last
+/// applied manifest `kubectl apply` keeps in an annotation (the operator reads neither; with
+/// thousands of objects, Jobs and Pods they are most of the memory the caches take).
+fn trim<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+    if let Some(a) = o.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// Watches and reconciles until `stop` resolves; in-flight reconciles finish first.
 async fn run_controller(
     client: Client,
@@ -267,7 +277,7 @@ async fn run_controller(
     let (object_store, object_writer) = reflector::store::<MultiArchImage>();
     metrics.watch_objects(object_store.clone());
     let queue = metrics.clone();
-    let objects = reflector::reflector(object_writer, watcher(objects, wc))
+    let objects = reflector::reflector(object_writer, watcher(objects, wc).modify(trim))
         .default_backoff()
         .touched_objects()
         .inspect(move |o| {
@@ -276,7 +286,7 @@ async fn run_controller(
             }
         });
     let queue = metrics.clone();
-    let jobs = reflector::reflector(job_writer, watcher(jobs_api, builders.clone()))
+    let jobs = reflector::reflector(job_writer, watcher(jobs_api, builders.clone()).modify(trim))
         .default_backoff()
         .touched_objects()
         .inspect(move |j: &Result<Job, watcher::Error>| {
@@ -285,7 +295,7 @@ async fn run_controller(
             }
         });
     let (queue, job_index) = (metrics.clone(), job_store.clone());
-    let pods = reflector::reflector(pod_writer, watcher(pods_api, builders))
+    let pods = reflector::reflector(pod_writer, watcher(pods_api, builders).modify(trim))
         .default_backoff()
         .touched_objects()
         .inspect(move |p: &Result<Pod, watcher::Error>| {
