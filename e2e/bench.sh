@@ -16,8 +16,9 @@
 #   3. On real Karpenter (builders may use only the nodes it launches), KARPENTER_RUNS two-platform
 #      builds from no Karpenter node: apply -> a NodeClaim per architecture, -> each builder bound
 #      to a node, -> Ready, and the last builder finished -> the nodes gone (consolidation).
-#   4. Scale: BUSY two-platform objects created at once (8 client threads, the apiserver's pace)
-#      whose builders never finish, on big KWOK nodes: when every builder Job exists and at what
+#   4. Scale: next to SCALE_IDLE idle objects (start-up time and memory with them), BUSY
+#      two-platform objects created at once (8 client threads, the apiserver's pace) whose
+#      builders never finish, on big KWOK nodes: when every builder Job exists and at what
 #      rate, against the rate the objects themselves were created; the operator's requests per
 #      object, the apiserver's mean latency by verb meanwhile (its own histogram), and memory.
 #
@@ -25,7 +26,7 @@
 # needs many builders at once); part 3 gives them to Karpenter.
 #
 #   e2e/bench.sh             BUILDS=5 IDLE=1000 IDLE_WINDOW=60 POLLED=1000 POLL_INTERVAL=1m
-#                            POLL_WINDOW=180 KARPENTER_RUNS=2 BUSY=1000 by default (CONCURRENCY:
+#                            POLL_WINDOW=180 KARPENTER_RUNS=2 BUSY=1000 SCALE_IDLE=9000 by default (CONCURRENCY:
 #                            the operator's --concurrency, else its default); PARTS="1 4"
 #                            runs parts 1 and 4 alone (2 runs 2, 2b and 3, after 1)
 #
@@ -38,7 +39,7 @@ state=${E2E_STATE:-/tmp/multiarch-e2e}
 BUILDS=${BUILDS:-5} IDLE=${IDLE:-1000} IDLE_WINDOW=${IDLE_WINDOW:-60} KARPENTER_RUNS=${KARPENTER_RUNS:-2}
 POLLED=${POLLED:-1000} POLL_INTERVAL=${POLL_INTERVAL:-1m} POLL_WINDOW=${POLL_WINDOW:-180}
 PARTS=${PARTS:-1 2 3 4} # part 1 alone: PARTS=1
-BUSY=${BUSY:-1000}
+BUSY=${BUSY:-1000} SCALE_IDLE=${SCALE_IDLE:-9000}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 METRICS=127.0.0.1:18191 HEALTH=127.0.0.1:18181
 
@@ -285,8 +286,25 @@ for i in range(1, 4):
                     "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "1000", "ephemeral-storage": "100Ti"}}}
     print(json.dumps(m))' "$arch" | kubectl apply -f - >/dev/null
 done
+if [ "$SCALE_IDLE" -gt 0 ]; then
+  # the idle objects beside them: copies of one built object, like objects published long ago
+  kubectl get namespace bench >/dev/null 2>&1 || kubectl create namespace bench >/dev/null
+  start
+  apply_build scale-seed seed 1.0.0 seed
+  kubectl wait -n bench mai/scale-seed --for=condition=Ready --timeout=120s >/dev/null
+  stop
+  kubectl proxy --port=18199 >/dev/null 2>&1 &
+  proxy=$!
+  until curl -sf http://127.0.0.1:18199/version >/dev/null; do sleep 0.2; done
+  clone scale-seed scale "$SCALE_IDLE"
+  kill "$proxy"; proxy=
+fi
 kubectl create namespace bench-busy >/dev/null
+objects=$(kubectl get mai -A -o name | wc -l)
+t0=$SECONDS
 start
+reconciled "$objects"
+echo "  start-up with $objects objects: every one reconciled $((SECONDS - t0))s after start; memory: $(mem "$pid")"
 apilat() { # the apiserver's own mean request latency by verb (its request-duration histogram)
   kubectl get --raw /metrics | python3 -c '
 import re, sys
@@ -372,5 +390,6 @@ EOF
 echo "  memory: $(mem "$pid")"
 stop
 kubectl delete namespace bench-busy --wait=false >/dev/null
+kubectl delete mai -n bench --all --wait=false >/dev/null 2>&1 || true
 kubectl delete node bench-amd64-{1,2,3} bench-arm64-{1,2,3} --wait=false >/dev/null
 fi
