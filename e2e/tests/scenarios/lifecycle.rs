@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use multiarch_e2e::operator::{self, Options};
 use multiarch_e2e::registry::{digest, raw, tags};
+use multiarch_e2e::scenario::condition;
 use multiarch_e2e::{kstatus, Access, Scenario};
 use multiarch_operator::api::{Phase, PlatformPhase};
 use serde_json::json;
@@ -429,12 +430,22 @@ async fn a_new_object_reads_as_in_progress_before_the_operator_has_seen_it() {
 
     // building: in progress, then Current again
     blocking(operator::ensure_default).await.expect("starting");
-    s.wait("fresh", "building generation 2", 60, |o| {
-        o.status.as_ref().is_some_and(|st| {
-            st.observed_generation == Some(2) && st.phase == Some(Phase::Building)
+    let building = s
+        .wait("fresh", "building generation 2", 60, |o| {
+            o.status.as_ref().is_some_and(|st| {
+                st.observed_generation == Some(2) && st.phase == Some(Phase::Building)
+            })
         })
-    })
-    .await;
+        .await;
+    // the kstatus conventions, said by the object itself, not only inferred from Ready
+    let reconciling = condition(&building, "Reconciling").map(|c| c.status.clone());
+    assert_eq!(
+        reconciling.as_deref(),
+        Some("True"),
+        "Reconciling while building"
+    );
+    let ready = condition(&building, "Ready").map(|c| c.status.clone());
+    assert_eq!(ready.as_deref(), Some("False"), "Ready while building");
     kstatus::assert_status(&s.ns, "fresh", "InProgress");
     s.wait_ready("fresh", 90).await;
     kstatus::assert_status(&s.ns, "fresh", "Current");
