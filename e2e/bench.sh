@@ -128,6 +128,12 @@ with ThreadPoolExecutor(8) as pool:
     list(pool.map(clone, range(count)))
 EOF
 }
+proxy_up() { # the API proxy the Python helpers write through (port 18199)
+  kubectl proxy --port=18199 >/dev/null 2>&1 &
+  proxy=$!
+  until curl -sf http://127.0.0.1:18199/version >/dev/null; do sleep 0.2; done
+}
+proxy_down() { kill "$proxy"; proxy=; }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system time, clock ticks
 reconciled() { # waits until the operator has reconciled $1 objects and is idle
   until [ "$(metric multiarch_reconciles_total)" -ge "$1" ] && [ "$(metric multiarch_queue_depth)" = 0 ] \
@@ -169,13 +175,11 @@ fi
 
 if want 2; then # parts 2, 2b and 3 (part 2 copies part 1's first object)
 echo "== $IDLE idle (Succeeded) MultiArchImage objects"
-kubectl proxy --port=18199 >/dev/null 2>&1 &
-proxy=$!
-until curl -sf http://127.0.0.1:18199/version >/dev/null; do sleep 0.2; done
+proxy_up
 t0=$SECONDS
 clone build-1 idle "$IDLE"
 echo "  created in $((SECONDS - t0))s"
-kill "$proxy"; proxy=
+proxy_down
 objects=$(kubectl get mai -n bench -o name | wc -l)
 t0=$SECONDS
 start
@@ -203,11 +207,9 @@ spec:
 EOF
 kubectl wait -n bench mai/poll-seed --for=condition=Ready --timeout=120s >/dev/null
 stop
-kubectl proxy --port=18199 >/dev/null 2>&1 &
-proxy=$!
-until curl -sf http://127.0.0.1:18199/version >/dev/null; do sleep 0.2; done
+proxy_up
 clone poll-seed polled "$POLLED"
-kill "$proxy"; proxy=
+proxy_down
 objects=$(kubectl get mai -n bench -o name | wc -l)
 start
 reconciled "$objects"
@@ -293,11 +295,9 @@ if [ "$SCALE_IDLE" -gt 0 ]; then
   apply_build scale-seed seed 1.0.0 seed
   kubectl wait -n bench mai/scale-seed --for=condition=Ready --timeout=120s >/dev/null
   stop
-  kubectl proxy --port=18199 >/dev/null 2>&1 &
-  proxy=$!
-  until curl -sf http://127.0.0.1:18199/version >/dev/null; do sleep 0.2; done
+  proxy_up
   clone scale-seed scale "$SCALE_IDLE"
-  kill "$proxy"; proxy=
+  proxy_down
 fi
 kubectl create namespace bench-busy >/dev/null
 objects=$(kubectl get mai -A -o name | wc -l)
@@ -319,9 +319,7 @@ for line in sys.stdin:
 print(" ".join(f"{k.replace(chr(32), chr(47))}={s}:{c}" for k, (s, c) in sorted(acc.items())))'
 }
 lat0=$(apilat) before=$(requests)
-kubectl proxy --port=18199 >/dev/null 2>&1 &
-proxy=$!
-until curl -sf http://127.0.0.1:18199/version >/dev/null; do sleep 0.2; done
+proxy_up
 python3 - "$BUSY" "$E2E_GIT_URL" "$E2E_REGISTRY" <<'EOF' &
 # creates the objects as fast as 8 client threads can (the apiserver's own pace)
 import json, sys, time, urllib.request
@@ -363,7 +361,7 @@ took = time.time() - t0
 print(f"  every builder: {len(seen)} Jobs in {took:.1f}s ({len(seen) / took:.1f} Jobs/s)")
 EOF
 wait "$creator"
-kill "$proxy"; proxy=
+proxy_down
 t0=$SECONDS
 until [ "$(kubectl get mai -n bench-busy -o json | python3 -c '
 import json, sys
