@@ -370,7 +370,7 @@ print(sum(1 for o in items if (o.get("status") or {}).get("observedGeneration") 
           and len([p for p in o["status"].get("platforms", []) if p.get("builder")]) == 2))')" -ge "$BUSY" ]; do sleep 1; done
 echo "  every object's status names both builders $((SECONDS - t0))s after the last Job appeared"
 reconciled "$BUSY"
-echo "  the operator idle again $((SECONDS - t0))s after the last Job appeared (KWOK running 2,000 pods and the builder double looking at each, on the same 2 cores)"
+echo "  the operator idle again $((SECONDS - t0))s after the last Job appeared (KWOK running $((2 * BUSY)) pods and the builder double looking at each, on the same cores)"
 after=$(requests) lat1=$(apilat)
 echo "  per object: $(delta "$before" "$after" "$BUSY")"
 python3 - "$lat0" "$lat1" <<'EOF'
