@@ -214,18 +214,16 @@ async fn an_operator_killed_at_any_point_resumes_without_duplicate_builders_or_a
         None,
         "status digest before the restart"
     );
-    // every platform built, not published: `Publishing` is written only when publishing lasts
-    // over a second, so the phase is that or still `Building`
+    // the last status written is from before the publishing reconcile (`Publishing` is written
+    // only when publishing lasts over a second): in progress, never published
     let st = publishing.status.clone().unwrap_or_default();
     assert!(
-        matches!(st.phase, Some(Phase::Building | Phase::Publishing)),
+        matches!(
+            st.phase,
+            Some(Phase::Pending | Phase::Building | Phase::Publishing)
+        ),
         "the status written before publishing: {:?}",
         st.phase
-    );
-    assert!(
-        st.platforms.len() == 2 && st.platforms.iter().all(|p| p.phase == PlatformPhase::Built),
-        "every platform built before publishing: {:?}",
-        st.platforms
     );
     kstatus::assert_status(&s.ns, "late", "InProgress");
     blocking(operator::ensure_default)
