@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Pods lost to disruptions are replaced by the Job itself (not counted in `attempts`). Overall:
-//! `Pending` until a builder runs, `Building`, `Publishing` once every platform is `Built`,
+//! `Pending` until a builder runs, `Building`, `Publishing` once every platform is `Built` (the
+//! controller writes it only when publishing lasts over a second),
 //! `Succeeded` when the index is published to every tag, `Failed` when a platform fails, the
 //! spec is invalid, the source cannot be resolved or the publish is refused. A failed build
 //! publishes nothing and waits for a new generation or `multiarch.dev/rebuild` value.
