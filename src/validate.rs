@@ -477,6 +477,15 @@ pub(crate) mod tests {
         );
         let off = check(serde_json::json!({"attestations": {"provenance": "off"}})).unwrap();
         assert_ne!(off.spec_key, base.spec_key);
+        // an SBOM is part of what is built; signing is not (it signs the same index)
+        let sbom = check(serde_json::json!({"attestations": {"sbom": true}})).unwrap();
+        assert_ne!(sbom.spec_key, base.spec_key);
+        assert_eq!(
+            sbom.sbom_scanner.as_deref(),
+            Some(crate::config::DEFAULT_SBOM_SCANNER_IMAGE)
+        );
+        let signed = check(serde_json::json!({"signing": {"keySecretRef": {"name": "cosign"}}}));
+        assert_eq!(signed.unwrap().spec_key, base.spec_key);
         assert_eq!(off.provenance, None);
         let err = check(serde_json::json!({
             "attestations": {"provenance": "off"},

@@ -211,18 +211,21 @@ async fn signer(
     };
     let ns = obj.namespace().unwrap_or_default();
     let secret = super::gather::get_secret(ctx, &ns, name).await?;
+    Ok(signing_key(secret.as_ref(), &ns, name).map(Some))
+}
+
+/// The signer of the Secret `ns/name` as read (`None`: not found), or why it cannot sign.
+fn signing_key(secret: Option<&Secret>, ns: &str, name: &str) -> Result<Signer, String> {
     let at = format!("signing.keySecretRef: Secret {ns}/{name}");
-    let Some(data) = secret.and_then(|s| s.data) else {
-        return Ok(Err(format!("{at} not found, or empty")));
+    let Some(data) = secret.and_then(|s| s.data.as_ref()) else {
+        return Err(format!("{at} not found, or empty"));
     };
     let (Some(key), Some(password)) = (data.get("cosign.key"), data.get("cosign.password")) else {
-        return Ok(Err(format!(
+        return Err(format!(
             "{at} must hold cosign.key and cosign.password (as `cosign generate-key-pair k8s://{ns}/{name}` writes them)"
-        )));
+        ));
     };
-    Ok(Signer::from_encrypted_pem(&key.0, &password.0)
-        .map(Some)
-        .map_err(|e| format!("{at}: cosign.key: {e}")))
+    Signer::from_encrypted_pem(&key.0, &password.0).map_err(|e| format!("{at}: cosign.key: {e}"))
 }
 
 /// Each platform's built image, in the order of `spec.platforms`; `Err` names a platform that
@@ -293,5 +296,27 @@ mod tests {
         // {"auths": {}}
         let empty = secret(serde_json::json!({".dockerconfigjson": "eyJhdXRocyI6IHt9fQ=="}));
         assert!(docker_config(Some(&empty), "ns/regcred").is_ok());
+    }
+
+    #[test]
+    fn a_signing_secret_that_cannot_sign_says_why_without_its_values() {
+        use crate::publish::sign::tests::{KEY, PASSWORD};
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let at = "signing.keySecretRef: Secret ns/cosign";
+        let missing = signing_key(None, "ns", "cosign").unwrap_err();
+        assert_eq!(missing, format!("{at} not found, or empty"));
+        let no_password = secret(serde_json::json!({"cosign.key": b64(KEY)}));
+        let e = signing_key(Some(&no_password), "ns", "cosign").unwrap_err();
+        assert!(e.starts_with(at) && e.contains("cosign.password"), "{e}");
+        let wrong = "not-the-password-7c1e";
+        let bad =
+            secret(serde_json::json!({"cosign.key": b64(KEY), "cosign.password": b64(wrong)}));
+        let e = signing_key(Some(&bad), "ns", "cosign").unwrap_err();
+        assert!(e.starts_with(&format!("{at}: cosign.key: ")), "{e}");
+        assert!(!e.contains(wrong), "the password is never told: {e}");
+        let good =
+            secret(serde_json::json!({"cosign.key": b64(KEY), "cosign.password": b64(PASSWORD)}));
+        assert!(signing_key(Some(&good), "ns", "cosign").is_ok());
     }
 }
